@@ -1,0 +1,164 @@
+"""Records: statements as the ledger sequenced them (ARCHITECTURE §3).
+
+A record is the JSON object ``{seq, prev, received_at, statement, signature}``.
+Its bytes are the RFC 8785 (JCS) canonical form. Because JCS sorts keys and
+``statement`` sorts last, the record's bytes are built by concatenation around
+the statement's exact signed bytes::
+
+    {"prev":"<hex>","received_at":"<time>","seq":<n>,"signature":"<b64>","statement":<signed bytes>}
+
+so the statement's signature is checked over a slice of the stored record
+bytes, with no re-canonicalization (and the test suite checks this equals
+``rfc8785.dumps`` of the record object).
+
+- record hash = SHA-256(record bytes); ``prev`` of record ``seq`` is the hex
+  record hash of record ``seq - 1``, or 64 zeros for record 0;
+- Merkle leaf hash = SHA-256(0x00 || record bytes) (RFC 9162 §2.1.1);
+- ``seq`` is 0-based and equals the record's Merkle ``leaf_index``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.core.errors import EncodingError, RecordError
+from ledger.core.statement import SignedStatement, Statement
+
+GENESIS_PREV = "0" * 64
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+_STATEMENT_MARK = b',"statement":'
+
+
+def record_hash(record_bytes: bytes) -> bytes:
+    return hashlib.sha256(record_bytes).digest()
+
+
+def leaf_hash(record_bytes: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + record_bytes).digest()
+
+
+def build_record_bytes(
+    seq: int, prev: str, received_at: str, signature_b64: str, statement_bytes: bytes
+) -> bytes:
+    """The JCS bytes of a record, by concatenation (see the module docs)."""
+    head = (
+        f'{{"prev":"{prev}","received_at":"{received_at}","seq":{seq},'
+        f'"signature":"{signature_b64}","statement":'
+    )
+    return head.encode("ascii") + statement_bytes + b"}"
+
+
+@dataclass(frozen=True)
+class Record:
+    """A parsed record and its exact bytes."""
+
+    seq: int
+    prev: str
+    received_at: str
+    signature: bytes
+    statement_bytes: bytes
+    record_bytes: bytes
+    fields: dict[str, Any]
+
+    @classmethod
+    def build(cls, seq: int, prev: str, received_at: str, signed: SignedStatement) -> Record:
+        data = build_record_bytes(
+            seq, prev, received_at, signed.signature_b64, signed.signed_bytes
+        )
+        return cls(
+            seq=seq,
+            prev=prev,
+            received_at=received_at,
+            signature=signed.signature,
+            statement_bytes=signed.signed_bytes,
+            record_bytes=data,
+            fields=signed.statement.to_mapping(),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, expected_seq: int | None = None) -> Record:
+        """Parse stored record bytes; raises :class:`RecordError` naming the seq."""
+        seq_hint = expected_seq
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RecordError(f"record bytes are not JSON: {e}", seq=seq_hint) from e
+        if not isinstance(obj, dict) or set(obj) != {
+            "seq",
+            "prev",
+            "received_at",
+            "statement",
+            "signature",
+        }:
+            raise RecordError(
+                "record must have exactly the fields seq, prev, received_at, statement, signature",
+                seq=seq_hint,
+            )
+        seq = obj["seq"]
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise RecordError(f"seq: expected a non-negative integer, got {seq!r}", seq=seq_hint)
+        if expected_seq is not None and seq != expected_seq:
+            raise RecordError(f"seq: expected {expected_seq}, found {seq}", seq=expected_seq)
+        prev = obj["prev"]
+        if not isinstance(prev, str) or not _HEX64_RE.fullmatch(prev):
+            raise RecordError(f"prev: expected 64 lower-case hex digits, got {prev!r}", seq=seq)
+        received_at = obj["received_at"]
+        if not isinstance(received_at, str):
+            raise RecordError("received_at: expected a string", seq=seq)
+        sig_b64 = obj["signature"]
+        if not isinstance(sig_b64, str):
+            raise RecordError("signature: expected a base64 string", seq=seq)
+        try:
+            signature = base64.b64decode(sig_b64, validate=True)
+        except ValueError as e:
+            raise RecordError(f"signature: not valid base64: {e}", seq=seq) from e
+        if len(signature) != 64:
+            raise RecordError(f"signature: expected 64 bytes, got {len(signature)}", seq=seq)
+        # The only string fields before "statement" are hex, a timestamp and
+        # base64, none of which can contain the mark, so its first occurrence is it.
+        at = data.find(_STATEMENT_MARK)
+        if at < 0 or not data.endswith(b"}"):
+            raise RecordError("record bytes are not in canonical form", seq=seq)
+        statement_bytes = data[at + len(_STATEMENT_MARK) : -1]
+        statement = obj["statement"]
+        if not isinstance(statement, dict):
+            raise RecordError("statement: expected a JSON object", seq=seq)
+        return cls(
+            seq=seq,
+            prev=prev,
+            received_at=received_at,
+            signature=signature,
+            statement_bytes=statement_bytes,
+            record_bytes=data,
+            fields=statement,
+        )
+
+    def statement(self) -> Statement:
+        """The statement, validated field by field."""
+        try:
+            return Statement.from_mapping(self.fields)
+        except EncodingError as e:
+            raise RecordError(f"statement: {e}", seq=self.seq) from e
+
+    @property
+    def hash(self) -> bytes:
+        return record_hash(self.record_bytes)
+
+    @property
+    def leaf_hash(self) -> bytes:
+        return leaf_hash(self.record_bytes)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a JSON object (for APIs); its JCS is :attr:`record_bytes`."""
+        return {
+            "seq": self.seq,
+            "prev": self.prev,
+            "received_at": self.received_at,
+            "statement": self.fields,
+            "signature": base64.b64encode(self.signature).decode("ascii"),
+        }

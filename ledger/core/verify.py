@@ -1,0 +1,317 @@
+"""Streaming verification of a log: records in order, checkpoints, keys.
+
+:class:`StreamVerifier` takes records one at a time, from any source (a
+database, an HTTP API, a bundle), and checks for each:
+
+1. its bytes parse as a record and its ``seq`` is the next one;
+2. ``prev`` is the hash of the record before (64 zeros for record 0);
+3. ``received_at`` never goes back, and the statement's ``issued_at`` is within
+   the clock-skew window of it (no back-dating);
+4. the statement's Ed25519 signature verifies over the exact stored bytes;
+5. the domain rules accept it given everything before it (``replay``: key
+   registered and valid at the time, role allowed, flow rules) — plugged in
+   by the caller, so the pure core does not import the domain;
+6. a payload, when the statement commits to one and the source has it,
+   matches its digest;
+
+and folds its leaf into a Merkle accumulator (O(log n) memory), so that any
+checkpoint met on the way is checked against the recomputed root. Memory stays
+flat in the number of records. The first failure raises a
+:class:`~ledger.core.errors.VerificationError` naming the record's ``seq``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ledger.core import merkle
+from ledger.core.checkpoint import Checkpoint, open_checkpoint
+from ledger.core.errors import (
+    ChainError,
+    CheckpointError,
+    EncodingError,
+    KeyFormatError,
+    LedgerError,
+    PayloadError,
+    RecordError,
+    RootMismatchError,
+    SignatureError,
+    TimeOrderError,
+    VerificationError,
+)
+from ledger.core.note import Verifier
+from ledger.core.record import GENESIS_PREV, Record, leaf_hash
+from ledger.core.statement import MAX_CLOCK_SKEW, Statement, parse_time
+
+HEAD_EXTENSION = "rxledger-head "
+
+#: called with (seq, statement) for every record; raises RecordError to refuse it
+Replay = Callable[[int, Statement], None]
+
+
+@functools.lru_cache(maxsize=65536)
+def cached_verifier(vkey: str) -> Verifier:
+    """Verifiers by key string; building one decodes the key, so reuse them."""
+    return Verifier.from_vkey(vkey)
+
+
+def head_extension(head_hash: bytes) -> str:
+    """The checkpoint extension line that carries the chain head record hash."""
+    return HEAD_EXTENSION + head_hash.hex()
+
+
+def checkpoint_head(checkpoint: Checkpoint) -> bytes | None:
+    for line in checkpoint.extensions:
+        if line.startswith(HEAD_EXTENSION):
+            try:
+                return bytes.fromhex(line[len(HEAD_EXTENSION) :])
+            except ValueError:
+                return None
+    return None
+
+
+@dataclass(frozen=True)
+class RecordItem:
+    """A record as a source yields it, with its payload when the source has one.
+
+    ``payload`` is ``None`` when the source holds no payload for the record;
+    ``payload_digest`` is the digest the source stored beside it (if any).
+    """
+
+    record_bytes: bytes
+    payload: bytes | None = None
+    payload_digest: bytes | None = None
+    has_payload_row: bool = False
+    #: the source's own copies of record fields (e.g. database columns), checked
+    #: by the source's ``on_record`` hook against the parsed record
+    columns: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    size: int
+    root: bytes
+    head: bytes
+    checkpoints_verified: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.size / self.seconds if self.seconds > 0 else 0.0
+
+
+class StreamVerifier:
+    """Verifies records as they stream by. See the module docs for the checks."""
+
+    def __init__(
+        self,
+        *,
+        log_key: Verifier,
+        origin: str,
+        replay: Replay | None = None,
+        max_skew_seconds: float = MAX_CLOCK_SKEW.total_seconds(),
+        on_node: Callable[[merkle.NodeId, bytes], None] | None = None,
+    ) -> None:
+        self.log_key = log_key
+        self.origin = origin
+        self.replay = replay
+        self.max_skew = max_skew_seconds
+        self.on_node = on_node
+        self._tree = merkle.MerkleAccumulator()
+        self._head = bytes(32)
+        self._last_received = ""
+        self.checkpoints_verified = 0
+        self.last_checkpoint_size = -1
+
+    @property
+    def size(self) -> int:
+        return self._tree.size
+
+    @property
+    def head(self) -> bytes:
+        return self._head
+
+    def root(self) -> bytes:
+        return self._tree.root()
+
+    def add(self, item: RecordItem | bytes) -> Record:
+        if isinstance(item, bytes):
+            item = RecordItem(item)
+        seq = self._tree.size
+        record = Record.from_bytes(item.record_bytes, expected_seq=seq)
+        expected_prev = self._head.hex() if seq else GENESIS_PREV
+        if record.prev != expected_prev:
+            raise ChainError(f"prev: expected {expected_prev}, found {record.prev}", seq=seq)
+        statement = record.statement()
+        self._check_times(record, statement)
+        try:
+            verifier = cached_verifier(statement.key)
+        except KeyFormatError as e:
+            raise RecordError(f"statement.key: {e}", seq=seq) from e
+        if not verifier.verify(record.statement_bytes, record.signature):
+            raise RecordError(
+                f"statement signature does not verify under key {statement.key}", seq=seq
+            )
+        self._check_payload(seq, statement, item)
+        if self.replay is not None:
+            self.replay(seq, statement)
+        data = item.record_bytes
+        if self.on_node is None:
+            self._tree.append(leaf_hash(data))
+        else:
+            for node, value in self._tree.append(leaf_hash(data)):
+                self.on_node(node, value)
+        self._head = hashlib.sha256(data).digest()
+        return record
+
+    def _check_times(self, record: Record, statement: Statement) -> None:
+        try:
+            received = parse_time(record.received_at, field="received_at")
+        except EncodingError as e:
+            raise TimeOrderError(str(e), seq=record.seq) from e
+        if record.received_at < self._last_received:
+            raise TimeOrderError(
+                f"received_at goes back in time: {record.received_at} after {self._last_received}",
+                seq=record.seq,
+            )
+        self._last_received = record.received_at
+        issued: datetime = parse_time(statement.issued_at, field="issued_at")
+        skew = abs((received - issued).total_seconds())
+        if skew > self.max_skew:
+            raise TimeOrderError(
+                f"issued_at {statement.issued_at} is {skew:.0f}s from received_at "
+                f"{record.received_at}; at most {self.max_skew:.0f}s allowed",
+                seq=record.seq,
+            )
+
+    @staticmethod
+    def _check_payload(seq: int, statement: Statement, item: RecordItem) -> None:
+        committed = statement.body.get("payload_digest")
+        if committed is None:
+            if item.has_payload_row:
+                raise PayloadError("a payload is stored but the record commits to none", seq=seq)
+            return
+        if not isinstance(committed, str):
+            raise PayloadError("body.payload_digest: expected hex", seq=seq)
+        if item.payload_digest is not None and item.payload_digest.hex() != committed:
+            raise PayloadError(
+                f"stored payload digest: expected {committed}, found {item.payload_digest.hex()}",
+                seq=seq,
+            )
+        if item.payload is not None:
+            actual = hashlib.sha256(item.payload).hexdigest()
+            if actual != committed:
+                raise PayloadError(
+                    f"payload digest: expected {committed}, found {actual}", seq=seq
+                )
+
+    def check_checkpoint(self, note: str) -> Checkpoint:
+        """Verify a signed checkpoint for the current size against the recomputed tree."""
+        try:
+            checkpoint, _ = open_checkpoint(note, origin=self.origin, verifier=self.log_key)
+        except LedgerError as e:
+            raise CheckpointError(f"checkpoint at size {self.size}: {e}") from e
+        if checkpoint.size != self.size:
+            raise CheckpointError(
+                f"checkpoint size: expected {self.size}, found {checkpoint.size}"
+            )
+        root = self.root()
+        if checkpoint.root_hash != root:
+            raise RootMismatchError(
+                f"checkpoint at size {checkpoint.size}: root hash expected {root.hex()} "
+                f"(recomputed from records), found {checkpoint.root_hash.hex()}"
+            )
+        head = checkpoint_head(checkpoint)
+        if head is not None and head != self._head:
+            raise CheckpointError(
+                f"checkpoint at size {checkpoint.size}: chain head expected "
+                f"{self._head.hex()}, found {head.hex()}"
+            )
+        self.checkpoints_verified += 1
+        self.last_checkpoint_size = checkpoint.size
+        return checkpoint
+
+
+def verify_log(
+    records: Iterable[RecordItem | bytes],
+    checkpoints: Iterable[str],
+    *,
+    log_key: Verifier,
+    origin: str,
+    replay: Replay | None = None,
+    on_record: Callable[[Record, RecordItem], None] | None = None,
+    on_node: Callable[[merkle.NodeId, bytes], None] | None = None,
+) -> VerifyResult:
+    """Verify a whole log from record 0.
+
+    ``checkpoints`` are signed checkpoint notes in ascending size; each is
+    checked when the stream reaches its size, and the last one must cover
+    every record (an unsigned tail is a failure: nothing vouches for it).
+    """
+    start = time.perf_counter()
+    verifier = StreamVerifier(log_key=log_key, origin=origin, replay=replay, on_node=on_node)
+    pending = _sized(checkpoints)
+    next_cp = next(pending, None)
+    while next_cp is not None and next_cp[0] == 0:
+        verifier.check_checkpoint(next_cp[1])
+        next_cp = next(pending, None)
+    for item in records:
+        if isinstance(item, bytes):
+            item = RecordItem(item)
+        record = verifier.add(item)
+        if on_record is not None:
+            on_record(record, item)
+        while next_cp is not None and next_cp[0] == verifier.size:
+            verifier.check_checkpoint(next_cp[1])
+            next_cp = next(pending, None)
+    if next_cp is not None:
+        raise CheckpointError(
+            f"checkpoint claims size {next_cp[0]}, but the log has only {verifier.size} records"
+        )
+    if verifier.last_checkpoint_size != verifier.size:
+        raise CheckpointError(
+            f"no signed checkpoint covers the last records: log has {verifier.size} records"
+        )
+    return VerifyResult(
+        size=verifier.size,
+        root=verifier.root(),
+        head=verifier.head,
+        checkpoints_verified=verifier.checkpoints_verified,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _sized(notes: Iterable[str]) -> Iterator[tuple[int, str]]:
+    last = -1
+    for note in notes:
+        size = _peek_size(note)
+        if size < last:
+            raise CheckpointError(f"checkpoints out of order: size {size} after {last}")
+        last = size
+        yield size, note
+
+
+def _peek_size(note: str) -> int:
+    lines = note.split("\n", 2)
+    if len(lines) < 2 or not lines[1].isdigit():
+        raise CheckpointError(f"checkpoint does not parse: {note[:80]!r}")
+    return int(lines[1])
+
+
+__all__ = [
+    "RecordItem",
+    "SignatureError",
+    "StreamVerifier",
+    "VerificationError",
+    "VerifyResult",
+    "cached_verifier",
+    "checkpoint_head",
+    "head_extension",
+    "verify_log",
+]

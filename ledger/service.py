@@ -1,0 +1,183 @@
+"""Use cases that tie the domain and the store together: init, open, append, read.
+
+The API and the CLI are thin adapters over :class:`Ledger`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, insert, inspect, select
+
+from ledger.core.checkpoint import Checkpoint
+from ledger.core.errors import ConflictError, KeyFormatError, LedgerError, NotInitializedError
+from ledger.core.merkle import EMPTY_ROOT
+from ledger.core.note import Signer
+from ledger.core.statement import make_statement
+from ledger.core.verify import head_extension
+from ledger.store import migrate
+from ledger.store.db import home_dir, make_engine
+from ledger.store.reader import LedgerReader
+from ledger.store.schema import checkpoints, ledger_meta, log_head
+from ledger.store.sequencer import Receipt, Sequencer, Submission
+
+DEFAULT_ORIGIN = "rxledger.local/log"
+LOG_KEY_FILE = "log.skey"
+REGISTRAR_KEY_FILE = "registrar.skey"
+REGISTRAR_ID = "registrar"
+
+
+def write_key_file(path: Path, skey: str) -> None:
+    """Write a private key string to ``path`` with mode 0600; never overwrite."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(skey + "\n")
+
+
+def read_key_file(path: Path) -> Signer:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError as e:
+        raise NotInitializedError(f"key file {path} does not exist") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise KeyFormatError(f"cannot read key file {path}: {e.__class__.__name__}") from e
+    return Signer.from_skey(text)
+
+
+@dataclass(frozen=True)
+class InitResult:
+    database_url: str
+    origin: str
+    log_vkey: str
+    registrar_vkey: str
+    log_key_file: Path
+    registrar_key_file: Path
+    created: bool
+
+
+def is_initialized(engine: Engine) -> bool:
+    if not inspect(engine).has_table("log_head"):
+        return False
+    with engine.connect() as conn:
+        return conn.execute(select(log_head.c.size)).first() is not None
+
+
+def init_ledger(
+    database_url: str | None = None,
+    *,
+    key_dir: Path | None = None,
+    origin: str = DEFAULT_ORIGIN,
+) -> InitResult:
+    """Create the schema, the log key, the registrar key and the genesis record.
+
+    Idempotent: on an initialized database it changes nothing and reports
+    what is there (``created=False``).
+    """
+    engine = make_engine(database_url)
+    key_dir = key_dir or home_dir() / "keys"
+    log_path, registrar_path = key_dir / LOG_KEY_FILE, key_dir / REGISTRAR_KEY_FILE
+    try:
+        migrate.upgrade(engine)
+        if is_initialized(engine):
+            meta = LedgerReader(engine).meta()
+            return InitResult(
+                str(engine.url.render_as_string(hide_password=True)),
+                meta["origin"],
+                meta["log_vkey"],
+                meta["registrar_vkey"],
+                log_path,
+                registrar_path,
+                created=False,
+            )
+        for path in (log_path, registrar_path):
+            if path.exists():
+                raise ConflictError(
+                    f"{path} exists but the database holds no ledger: refusing to reuse or "
+                    "overwrite a key; move it away or pass another --key-dir"
+                )
+        log_signer = Signer.generate(origin)
+        registrar = Signer.generate(REGISTRAR_ID)
+        write_key_file(log_path, log_signer.skey)
+        write_key_file(registrar_path, registrar.skey)
+        empty = Checkpoint(
+            origin=origin, size=0, root_hash=EMPTY_ROOT, extensions=(head_extension(bytes(32)),)
+        ).sign([log_signer])
+        with engine.begin() as conn:
+            conn.execute(
+                insert(ledger_meta),
+                [
+                    {"name": "origin", "value": origin},
+                    {"name": "log_vkey", "value": log_signer.vkey},
+                    {"name": "registrar_vkey", "value": registrar.vkey},
+                ],
+            )
+            conn.execute(
+                insert(log_head).values(id=1, size=0, head_hash=bytes(32), root_hash=EMPTY_ROOT)
+            )
+            conn.execute(insert(checkpoints).values(size=0, note=empty))
+        ledger = Ledger(engine, log_signer)
+        genesis = make_statement(
+            registrar,
+            "actor.register",
+            {
+                "actor": REGISTRAR_ID,
+                "role": "registrar",
+                "key": registrar.vkey,
+                "display_name": "Ledger registrar",
+            },
+        )
+        (outcome,) = ledger.append([Submission(genesis)])
+        if not isinstance(outcome, Receipt):
+            raise outcome
+        return InitResult(
+            str(engine.url.render_as_string(hide_password=True)),
+            origin,
+            log_signer.vkey,
+            registrar.vkey,
+            log_path,
+            registrar_path,
+            created=True,
+        )
+    finally:
+        engine.dispose()
+
+
+class Ledger:
+    """An open ledger: its sequencer and its reader over one engine."""
+
+    def __init__(self, engine: Engine, log_signer: Signer) -> None:
+        self.engine = engine
+        self.reader = LedgerReader(engine)
+        meta = self.reader.meta()
+        if log_signer.vkey != meta["log_vkey"]:
+            raise ConflictError(
+                f"the log key does not match this ledger: expected {meta['log_vkey']}, "
+                f"got {log_signer.vkey}"
+            )
+        self.origin = meta["origin"]
+        self.log_vkey = meta["log_vkey"]
+        self.registrar_vkey = meta["registrar_vkey"]
+        self.sequencer = Sequencer(engine, log_signer=log_signer, origin=self.origin)
+
+    @classmethod
+    def open(cls, database_url: str | None = None, *, log_key_file: Path | None = None) -> Ledger:
+        engine = make_engine(database_url)
+        try:
+            if not is_initialized(engine):
+                raise NotInitializedError(
+                    "the database holds no ledger: run `rxledger init` first"
+                )
+            signer = read_key_file(log_key_file or home_dir() / "keys" / LOG_KEY_FILE)
+            return cls(engine, signer)
+        except LedgerError:
+            engine.dispose()
+            raise
+
+    def append(self, batch: list[Submission], *, atomic: bool = False) -> list[Receipt | LedgerError]:
+        return list(self.sequencer.append(batch, atomic=atomic))
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,154 @@
+"""``verify --db``: every stored byte of the log checked against what it must be.
+
+On top of the streaming verifier (chain, signatures, rules, times, payloads,
+roots, checkpoints), this checks the database's own copies:
+
+- each ``records`` column (seq, record_hash, actor, nonce, type, received_at)
+  against the record bytes;
+- each stored ``merkle_nodes`` hash against the tree recomputed from the
+  records, level by level, with no node missing and none extra;
+- each ``checkpoints`` row's size against its signed note;
+- the ``log_head`` row against the end of the stream.
+
+Memory stays flat: records and nodes are read in keyset pages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+
+from sqlalchemy import Engine
+
+from ledger.core import merkle
+from ledger.core.errors import CheckpointError, MerkleNodeError, RecordError, VerificationError
+from ledger.core.note import Verifier
+from ledger.core.record import Record
+from ledger.core.verify import RecordItem, VerifyResult, verify_log
+from ledger.domain.replay import Replayer
+from ledger.store.reader import LedgerReader
+
+Progress = Callable[[int], None]
+
+
+class _NodeChecker:
+    """Compares nodes as the verifier completes them with the stored ones, per level."""
+
+    def __init__(self, reader: LedgerReader) -> None:
+        self.reader = reader
+        self.levels: dict[int, Iterator[tuple[int, bytes]]] = {}
+        self.seen: dict[int, int] = {}
+
+    def __call__(self, node: merkle.NodeId, value: bytes) -> None:
+        level, idx = node
+        cursor = self.levels.get(level)
+        if cursor is None:
+            cursor = self.levels[level] = self.reader.iter_level(level)
+        stored = next(cursor, None)
+        if stored is None:
+            raise MerkleNodeError(
+                f"merkle node (level {level}, index {idx}) covering records from "
+                f"{idx << level}: missing from storage",
+                level=level,
+                index=idx,
+            )
+        if stored != (idx, value):
+            raise MerkleNodeError(
+                f"merkle node (level {level}, index {idx}) covering records from "
+                f"{idx << level}: expected {value.hex()}, stored (index {stored[0]}) "
+                f"{stored[1].hex()}",
+                level=level,
+                index=idx,
+            )
+        self.seen[level] = self.seen.get(level, 0) + 1
+
+    def finish(self) -> None:
+        for level in self.reader.node_levels():
+            cursor = self.levels.get(level) or self.reader.iter_level(level)
+            extra = next(cursor, None)
+            if extra is not None:
+                raise MerkleNodeError(
+                    f"merkle node (level {level}, index {extra[0]}) is stored but the "
+                    "records do not make it",
+                    level=level,
+                    index=extra[0],
+                )
+
+
+def _check_columns(record: Record, item: RecordItem) -> None:
+    columns = item.columns
+    if columns is None:
+        return
+    seq = record.seq
+    if columns["seq"] != seq:
+        raise RecordError(f"seq column: expected {seq}, found {columns['seq']}", seq=seq)
+    digest = hashlib.sha256(item.record_bytes).digest()
+    if columns["record_hash"] != digest:
+        raise RecordError(
+            f"record_hash column: expected {digest.hex()}, found {columns['record_hash'].hex()}",
+            seq=seq,
+        )
+    for name in ("actor", "nonce", "type"):
+        if columns[name] != record.fields.get(name):
+            raise RecordError(
+                f"{name} column: expected {record.fields.get(name)!r}, found {columns[name]!r}",
+                seq=seq,
+            )
+    if columns["received_at"] != record.received_at:
+        raise RecordError(
+            f"received_at column: expected {record.received_at}, found {columns['received_at']}",
+            seq=seq,
+        )
+
+
+def _checked_notes(reader: LedgerReader) -> Iterator[str]:
+    for size, note in reader.iter_checkpoints():
+        lines = note.split("\n", 2)
+        if len(lines) < 2 or lines[1] != str(size):
+            raise CheckpointError(
+                f"checkpoint row size {size}: its note says {lines[1] if len(lines) > 1 else '?'}"
+            )
+        yield note
+
+
+def verify_database(
+    engine: Engine,
+    *,
+    log_key: str | None = None,
+    registrar_key: str | None = None,
+    on_progress: Progress | None = None,
+) -> VerifyResult:
+    """Verify the whole log in ``engine``. Trust anchors default to the stored ones.
+
+    Pass ``log_key`` / ``registrar_key`` (vkey strings) to pin them: an
+    auditor should, since whoever can write the database can write its
+    metadata too.
+    """
+    reader = LedgerReader(engine)
+    meta = reader.meta()
+    verifier = Verifier.from_vkey(log_key or meta["log_vkey"])
+    nodes = _NodeChecker(reader)
+
+    def on_record(record: Record, item: RecordItem) -> None:
+        _check_columns(record, item)
+        if on_progress is not None:
+            on_progress(record.seq + 1)
+
+    result = verify_log(
+        reader.iter_records(),
+        _checked_notes(reader),
+        log_key=verifier,
+        origin=meta["origin"],
+        replay=Replayer(registrar_key=registrar_key or meta["registrar_vkey"]),
+        on_record=on_record,
+        on_node=nodes,
+    )
+    nodes.finish()
+    head = reader.head()
+    if (head.size, head.head_hash, head.root_hash) != (result.size, result.head, result.root):
+        raise VerificationError(
+            f"log_head row: expected size {result.size}, head {result.head.hex()}, root "
+            f"{result.root.hex()}; found size {head.size}, head {head.head_hash.hex()}, "
+            f"root {head.root_hash.hex()}"
+        )
+    return result

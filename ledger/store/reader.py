@@ -1,0 +1,243 @@
+"""Reads of the log: records, checkpoints, proofs, and the stream ``verify`` consumes.
+
+Proofs cost O(log n) node reads in one query at any size, and nothing is
+cached in the process, so they are as fast right after a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select
+
+from ledger.core import merkle
+from ledger.core.errors import NotFoundError, NotInitializedError, ProofError
+from ledger.core.record import Record
+from ledger.core.verify import RecordItem
+from ledger.store.schema import checkpoints, ledger_meta, log_head, merkle_nodes, payloads, records
+from ledger.store.sequencer import Receipt, fetch_nodes
+
+PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Head:
+    size: int
+    head_hash: bytes
+    root_hash: bytes
+
+
+class LedgerReader:
+    """Read-only access to one log."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def meta(self) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(ledger_meta.c.name, ledger_meta.c.value)).all()
+        if not rows:
+            raise NotInitializedError("the database holds no ledger: run `rxledger init` first")
+        return {r.name: r.value for r in rows}
+
+    def head(self, conn: Connection | None = None) -> Head:
+        if conn is None:
+            with self.engine.connect() as c:
+                return self.head(c)
+        row = conn.execute(select(log_head).where(log_head.c.id == 1)).first()
+        if row is None:
+            raise NotInitializedError("the database holds no ledger: run `rxledger init` first")
+        return Head(int(row.size), bytes(row.head_hash), bytes(row.root_hash))
+
+    def latest_checkpoint(self) -> str:
+        with self.engine.connect() as conn:
+            note = conn.execute(
+                select(checkpoints.c.note).order_by(checkpoints.c.size.desc()).limit(1)
+            ).scalar()
+        if note is None:
+            raise NotInitializedError("the ledger has no checkpoint yet: run `rxledger init` first")
+        return str(note)
+
+    def checkpoint(self, size: int) -> str:
+        with self.engine.connect() as conn:
+            note = conn.execute(
+                select(checkpoints.c.note).where(checkpoints.c.size == size)
+            ).scalar()
+        if note is None:
+            raise NotFoundError(f"no checkpoint at tree size {size}")
+        return str(note)
+
+    def record(self, seq: int) -> Record:
+        with self.engine.connect() as conn:
+            data = conn.execute(
+                select(records.c.record_bytes).where(records.c.seq == seq)
+            ).scalar()
+        if data is None:
+            raise NotFoundError(f"no record with seq {seq}")
+        return Record.from_bytes(bytes(data), expected_seq=seq)
+
+    def records(self, start: int, limit: int) -> list[Record]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(records.c.seq, records.c.record_bytes)
+                .where(records.c.seq >= start)
+                .order_by(records.c.seq)
+                .limit(limit)
+            ).all()
+        return [Record.from_bytes(bytes(r.record_bytes), expected_seq=int(r.seq)) for r in rows]
+
+    def payload(self, seq: int) -> bytes | None:
+        with self.engine.connect() as conn:
+            data = conn.execute(select(payloads.c.content).where(payloads.c.seq == seq)).scalar()
+        return None if data is None else bytes(data)
+
+    # -- proofs ------------------------------------------------------------------
+
+    def inclusion_proof(self, leaf_index: int, tree_size: int) -> list[bytes]:
+        with self.engine.connect() as conn:
+            size = self.head(conn).size
+            if not 0 < tree_size <= size:
+                raise ProofError(f"tree_size: {tree_size}, want 1..{size} (the log's size)")
+            if not 0 <= leaf_index < tree_size:
+                raise ProofError(f"leaf_index: {leaf_index}, want < tree_size {tree_size}")
+            nodes = fetch_nodes(conn, merkle.inclusion_proof_nodes(leaf_index, tree_size))
+        return merkle.inclusion_proof(leaf_index, tree_size, nodes)
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        with self.engine.connect() as conn:
+            size = self.head(conn).size
+            if not 0 <= second <= size:
+                raise ProofError(f"second: {second}, want 0..{size} (the log's size)")
+            if not 0 <= first <= second:
+                raise ProofError(f"first: {first}, want 0..second ({second})")
+            nodes = fetch_nodes(conn, merkle.consistency_proof_nodes(first, second))
+        return merkle.consistency_proof(first, second, nodes)
+
+    def root(self, tree_size: int) -> bytes:
+        with self.engine.connect() as conn:
+            nodes = fetch_nodes(conn, merkle.frontier(tree_size))
+        return merkle.root_from_nodes(tree_size, nodes)
+
+    def receipt(self, seq: int, *, duplicate: bool = False) -> Receipt:
+        """A receipt for a stored record against the latest checkpoint."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(records.c.record_bytes, records.c.received_at).where(records.c.seq == seq)
+            ).first()
+            if row is None:
+                raise NotFoundError(f"no record with seq {seq}")
+            cp = conn.execute(
+                select(checkpoints.c.size, checkpoints.c.note)
+                .order_by(checkpoints.c.size.desc())
+                .limit(1)
+            ).one()
+            size = int(cp.size)
+            nodes = fetch_nodes(conn, merkle.inclusion_proof_nodes(seq, size))
+        record = Record.from_bytes(bytes(row.record_bytes), expected_seq=seq)
+        return Receipt(
+            seq=seq,
+            prev=record.prev,
+            record_hash=record.hash,
+            received_at=row.received_at,
+            checkpoint=str(cp.note),
+            tree_size=size,
+            inclusion_proof=tuple(merkle.inclusion_proof(seq, size, nodes)),
+            duplicate=duplicate,
+        )
+
+    # -- streams for verification -------------------------------------------------
+
+    def count_records(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(records)).scalar_one())
+
+    def iter_records(self, *, page: int = PAGE) -> Iterator[RecordItem]:
+        """Every record with its stored columns and payload, in ``seq`` order.
+
+        Keyset pages of ``page`` rows: flat memory, no long-lived cursor.
+        """
+        query = (
+            select(
+                records.c.seq,
+                records.c.record_hash,
+                records.c.actor,
+                records.c.nonce,
+                records.c.type,
+                records.c.received_at,
+                records.c.record_bytes,
+                payloads.c.seq.label("payload_seq"),
+                payloads.c.digest,
+                payloads.c.content,
+            )
+            .select_from(records.outerjoin(payloads, payloads.c.seq == records.c.seq))
+            .order_by(records.c.seq)
+            .limit(page)
+        )
+        after = -1
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query.where(records.c.seq > after)).all()
+            for row in rows:
+                yield RecordItem(
+                    record_bytes=bytes(row.record_bytes),
+                    payload=None if row.content is None else bytes(row.content),
+                    payload_digest=None if row.digest is None else bytes(row.digest),
+                    has_payload_row=row.payload_seq is not None,
+                    columns=_columns(row),
+                )
+            if len(rows) < page:
+                return
+            after = int(rows[-1].seq)
+
+    def iter_checkpoints(self, *, page: int = PAGE) -> Iterator[tuple[int, str]]:
+        """``(size column, note)`` in ascending size."""
+        after = -1
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(checkpoints.c.size, checkpoints.c.note)
+                    .where(checkpoints.c.size > after)
+                    .order_by(checkpoints.c.size)
+                    .limit(page)
+                ).all()
+            for row in rows:
+                yield int(row.size), str(row.note)
+            if len(rows) < page:
+                return
+            after = int(rows[-1].size)
+
+    def iter_level(self, level: int, *, page: int = 4096) -> Iterator[tuple[int, bytes]]:
+        """Stored Merkle nodes of one level, ``(idx, hash)`` in ascending ``idx``."""
+        after = -1
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(merkle_nodes.c.idx, merkle_nodes.c.hash)
+                    .where(merkle_nodes.c.level == level, merkle_nodes.c.idx > after)
+                    .order_by(merkle_nodes.c.idx)
+                    .limit(page)
+                ).all()
+            for row in rows:
+                yield int(row.idx), bytes(row.hash)
+            if len(rows) < page:
+                return
+            after = int(rows[-1].idx)
+
+    def node_levels(self) -> list[int]:
+        with self.engine.connect() as conn:
+            return sorted(
+                int(v) for v in conn.execute(select(merkle_nodes.c.level).distinct()).scalars()
+            )
+
+
+def _columns(row: Any) -> dict[str, Any]:
+    return {
+        "seq": int(row.seq),
+        "record_hash": bytes(row.record_hash),
+        "actor": row.actor,
+        "nonce": row.nonce,
+        "type": row.type,
+        "received_at": row.received_at,
+    }

@@ -1,0 +1,104 @@
+"""Tables. Migrations in ``ledger/store/migrations`` create exactly these.
+
+Every column of ``records``, ``payloads``, ``merkle_nodes``, ``checkpoints``
+and ``log_head`` is checked by ``rxledger verify --db``: either it is part of
+the signed and hashed bytes, or verification compares it with them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+#: ledger-wide settings written by ``init``: origin, log_vkey, registrar_vkey
+ledger_meta = Table(
+    "ledger_meta",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+#: the single row the sequencer locks; the head of the log
+log_head = Table(
+    "log_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("head_hash", LargeBinary(32), nullable=False),
+    Column("root_hash", LargeBinary(32), nullable=False),
+)
+
+records = Table(
+    "records",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("record_hash", LargeBinary(32), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("nonce", String(64), nullable=False),
+    Column("type", String(128), nullable=False),
+    Column("received_at", String(32), nullable=False),
+    Column("record_bytes", LargeBinary, nullable=False),
+    UniqueConstraint("actor", "nonce", name="uq_records_actor_nonce"),
+)
+Index("ix_records_type_seq", records.c.type, records.c.seq)
+
+#: payloads beside their records, committed to by ``body.payload_digest``
+payloads = Table(
+    "payloads",
+    metadata,
+    Column("seq", BigInteger, ForeignKey("records.seq"), primary_key=True, autoincrement=False),
+    Column("digest", LargeBinary(32), nullable=False),
+    Column("content", LargeBinary, nullable=True),
+)
+
+#: perfect-subtree hashes: (level, idx) covers leaves [idx << level, (idx + 1) << level)
+merkle_nodes = Table(
+    "merkle_nodes",
+    metadata,
+    Column("level", SmallInteger, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary(32), nullable=False),
+)
+
+#: one signed checkpoint per committed batch
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("note", Text, nullable=False),
+)
+
+#: projection: registered actors (rebuilt by replay)
+actors = Table(
+    "actors",
+    metadata,
+    Column("actor_id", String(128), primary_key=True),
+    Column("role", String(32), nullable=False),
+    Column("display_name", Text, nullable=False),
+    Column("licence", Text, nullable=True),
+    Column("registered_seq", BigInteger, nullable=False),
+)
+
+actor_keys = Table(
+    "actor_keys",
+    metadata,
+    Column("actor_id", String(128), ForeignKey("actors.actor_id"), primary_key=True),
+    Column("vkey", Text, primary_key=True),
+    Column("valid_from", String(32), nullable=False),
+    Column("valid_until", String(32), nullable=True),
+    Column("revoked_at", String(32), nullable=True),
+)

@@ -1,0 +1,437 @@
+"""The sequencer: one per log, appends batches of statements atomically.
+
+An append (ARCHITECTURE §4) is one database transaction that
+
+1. locks the log head (PostgreSQL: ``SELECT … FOR UPDATE`` on the one
+   ``log_head`` row; SQLite: ``BEGIN IMMEDIATE``),
+2. refuses replayed ``(actor, nonce)`` pairs — except that re-sending the
+   identical signed statement returns the original receipt (idempotent retry),
+3. runs the domain rules for each statement against the projected state,
+   with the effects of earlier statements in the batch visible to later ones,
+4. writes the records, their payloads, the new Merkle nodes, the projection
+   changes, a new signed checkpoint and the new head,
+5. commits — and only then are receipts handed out.
+
+Work that needs no lock (JSON, canonical bytes, signature and payload
+checks) is done before the lock is taken, so the lock is held briefly.
+
+One bad statement in a batch is refused with its reason and the others go
+on, unless the caller asks for ``atomic`` (all or nothing).
+
+A signed checkpoint is produced for every committed batch, in the same
+transaction: every acknowledged record is covered by a signed checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, select, tuple_, update
+
+from ledger.core import merkle
+from ledger.core.checkpoint import Checkpoint
+from ledger.core.errors import (
+    NotInitializedError,
+    RejectionError,
+)
+from ledger.core.note import Signer
+from ledger.core.record import GENESIS_PREV, Record, build_record_bytes
+from ledger.core.statement import MAX_CLOCK_SKEW, SignedStatement, format_time, now, parse_time
+from ledger.core.verify import cached_verifier, head_extension
+from ledger.domain.rules import decide
+from ledger.domain.state import MemoryState
+from ledger.store.db import WRITE, is_sqlite
+from ledger.store.schema import checkpoints, log_head, merkle_nodes, payloads, records
+from ledger.store.state import DbState, project
+
+MAX_BATCH = 1000
+MAX_PAYLOAD = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A signed statement as submitted, with its payload if it commits to one."""
+
+    signed: SignedStatement
+    payload: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Proof of acknowledgement: the record is committed and in the checkpoint."""
+
+    seq: int
+    prev: str
+    record_hash: bytes
+    received_at: str
+    checkpoint: str
+    tree_size: int
+    inclusion_proof: tuple[bytes, ...]
+    duplicate: bool = False
+
+    @property
+    def leaf_index(self) -> int:
+        return self.seq
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "leaf_index": self.seq,
+            "prev": self.prev,
+            "record_hash": self.record_hash.hex(),
+            "received_at": self.received_at,
+            "duplicate": self.duplicate,
+            "checkpoint": self.checkpoint,
+            "inclusion_proof": {
+                "leaf_index": self.seq,
+                "tree_size": self.tree_size,
+                "hashes": [h.hex() for h in self.inclusion_proof],
+            },
+        }
+
+
+Outcome = Receipt | RejectionError
+
+
+@dataclass
+class _Pending:
+    index: int
+    submission: Submission
+    duplicate_of: int | None = None  # seq of the identical stored record
+    in_batch_of: int | None = None  # index of the identical statement earlier in the batch
+
+
+@dataclass
+class _Head:
+    size: int
+    head_hash: bytes
+    last_received_at: str
+    nodes: dict[merkle.NodeId, bytes] = field(default_factory=dict)
+
+
+class Sequencer:
+    """Appends batches to the log in ``engine``, signing checkpoints with ``log_signer``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        log_signer: Signer,
+        origin: str,
+        clock: Callable[[], datetime] = now,
+        max_skew_seconds: float = MAX_CLOCK_SKEW.total_seconds(),
+    ) -> None:
+        self.engine = engine
+        self.log_signer = log_signer
+        self.origin = origin
+        self.clock = clock
+        self.max_skew = max_skew_seconds
+
+    # -- checks that need no lock ------------------------------------------------
+
+    def precheck(self, submission: Submission, at: datetime) -> None:
+        """Signature, clock and payload checks; raises :class:`RejectionError`."""
+        signed = submission.signed
+        statement = signed.statement
+        if not cached_verifier(statement.key).verify(signed.signed_bytes, signed.signature):
+            raise RejectionError(
+                "bad-signature", f"statement signature does not verify under key {statement.key}"
+            )
+        issued = parse_time(statement.issued_at, field="statement.issued_at")
+        skew = (issued - at).total_seconds()
+        if abs(skew) > self.max_skew:
+            direction = "ahead of" if skew > 0 else "behind"
+            raise RejectionError(
+                "clock-skew",
+                f"issued_at {statement.issued_at} is {abs(skew):.0f}s {direction} the ledger's "
+                f"clock ({format_time(at)}); at most {self.max_skew:.0f}s allowed",
+            )
+        committed = statement.body.get("payload_digest")
+        payload = submission.payload
+        if committed is None:
+            if payload is not None:
+                raise RejectionError(
+                    "payload-not-committed",
+                    "a payload was sent but body.payload_digest does not commit to it",
+                )
+            return
+        if payload is None:
+            raise RejectionError(
+                "payload-missing", "body.payload_digest is set but no payload was sent"
+            )
+        if len(payload) > MAX_PAYLOAD:
+            raise RejectionError(
+                "payload-too-large", f"payload is {len(payload)} bytes; at most {MAX_PAYLOAD}"
+            )
+        actual = hashlib.sha256(payload).hexdigest()
+        if committed != actual:
+            raise RejectionError(
+                "payload-mismatch",
+                f"body.payload_digest: expected {actual} (SHA-256 of the payload), "
+                f"got {committed!r:.80}",
+            )
+
+    # -- the append ----------------------------------------------------------------
+
+    def append(self, batch: Sequence[Submission], *, atomic: bool = False) -> list[Outcome]:
+        """Append ``batch``; one outcome per submission, in order."""
+        if not batch:
+            return []
+        if len(batch) > MAX_BATCH:
+            raise RejectionError(
+                "batch-too-large", f"a batch holds at most {MAX_BATCH} statements, got {len(batch)}"
+            )
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        checked_at = self.clock()
+        pending: list[_Pending] = []
+        for i, submission in enumerate(batch):
+            try:
+                self.precheck(submission, checked_at)
+            except RejectionError as e:
+                outcomes[i] = e
+            else:
+                pending.append(_Pending(i, submission))
+        if atomic and any(outcomes):
+            return _abort_all(outcomes)
+
+        with self.engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
+            head = self._lock_head(conn)
+            self._find_replays(conn, pending, outcomes)
+            received_at = max(format_time(self.clock()), head.last_received_at)
+            state = MemoryState(base=DbState(conn, head.size), records=head.size)
+            accepted: list[_Pending] = []
+            for item in pending:
+                if outcomes[item.index] is not None or item.duplicate_of is not None:
+                    continue
+                if item.in_batch_of is not None:
+                    continue
+                seq = head.size + len(accepted)
+                try:
+                    effects = decide(state, item.submission.signed.statement, seq=seq)
+                except RejectionError as e:
+                    outcomes[item.index] = e
+                    if atomic:
+                        break
+                    continue
+                state.apply(effects)
+                accepted.append(item)
+            if atomic and any(outcomes):
+                conn.rollback()
+                return _abort_all(outcomes)
+            if accepted:
+                new_head = self._write(conn, head, accepted, received_at, state)
+                for item, receipt in zip(accepted, new_head, strict=True):
+                    outcomes[item.index] = receipt
+
+        duplicates = [p for p in pending if p.duplicate_of is not None]
+        if duplicates:
+            from ledger.store.reader import LedgerReader  # noqa: PLC0415 - avoid a cycle
+
+            reader = LedgerReader(self.engine)
+            for item in duplicates:
+                assert item.duplicate_of is not None
+                outcomes[item.index] = reader.receipt(item.duplicate_of, duplicate=True)
+        for item in pending:
+            if item.in_batch_of is not None:  # the same signed statement twice in one batch
+                first = outcomes[item.in_batch_of]
+                outcomes[item.index] = _as_duplicate(first) if isinstance(first, Receipt) else first
+        assert all(o is not None for o in outcomes)
+        return [o for o in outcomes if o is not None]
+
+    def _lock_head(self, conn: Connection) -> _Head:
+        query = select(log_head.c.size, log_head.c.head_hash).where(log_head.c.id == 1)
+        if not is_sqlite(self.engine):
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotInitializedError("the database holds no ledger: run `rxledger init` first")
+        size, head_hash = int(row.size), bytes(row.head_hash)
+        last = ""
+        if size:
+            last = conn.execute(
+                select(records.c.received_at).where(records.c.seq == size - 1)
+            ).scalar_one()
+        head = _Head(size=size, head_hash=head_hash, last_received_at=last)
+        wanted = merkle.frontier(size)
+        if wanted:
+            head.nodes = fetch_nodes(conn, wanted)
+        return head
+
+    def _find_replays(
+        self, conn: Connection, pending: list[_Pending], outcomes: list[Outcome | None]
+    ) -> None:
+        seen: dict[tuple[str, str], _Pending] = {}
+        for p in pending:
+            statement = p.submission.signed.statement
+            key = (statement.actor, statement.nonce)
+            first = seen.get(key)
+            if first is None:
+                seen[key] = p
+            elif _same(first.submission.signed, p.submission.signed):
+                p.in_batch_of = first.index
+            else:
+                outcomes[p.index] = _replayed(statement.actor, statement.nonce)
+        if not seen:
+            return
+        rows = conn.execute(
+            select(records.c.seq, records.c.actor, records.c.nonce, records.c.record_bytes).where(
+                tuple_(records.c.actor, records.c.nonce).in_(list(seen))
+            )
+        ).all()
+        for row in rows:
+            for p in pending:
+                statement = p.submission.signed.statement
+                if (statement.actor, statement.nonce) != (row.actor, row.nonce):
+                    continue
+                if outcomes[p.index] is not None:
+                    continue
+                stored = Record.from_bytes(bytes(row.record_bytes))
+                signed = p.submission.signed
+                if (
+                    stored.statement_bytes == signed.signed_bytes
+                    and stored.signature == signed.signature
+                ):
+                    p.duplicate_of = int(row.seq)
+                    p.in_batch_of = None
+                else:
+                    outcomes[p.index] = _replayed(row.actor, row.nonce)
+
+    def _write(
+        self,
+        conn: Connection,
+        head: _Head,
+        accepted: list[_Pending],
+        received_at: str,
+        state: MemoryState,
+    ) -> list[Receipt]:
+        tree = merkle.MerkleAccumulator.from_frontier(
+            head.size, [head.nodes[n] for n in merkle.frontier(head.size)]
+        )
+        nodes: dict[merkle.NodeId, bytes] = dict(head.nodes)
+        record_rows: list[dict[str, Any]] = []
+        payload_rows: list[dict[str, Any]] = []
+        new_nodes: list[dict[str, Any]] = []
+        prev = head.head_hash.hex() if head.size else GENESIS_PREV
+        hashes: list[bytes] = []
+        prevs: list[str] = []
+        for offset, item in enumerate(accepted):
+            seq = head.size + offset
+            signed = item.submission.signed
+            data = build_record_bytes(
+                seq, prev, received_at, signed.signature_b64, signed.signed_bytes
+            )
+            digest = hashlib.sha256(data).digest()
+            prevs.append(prev)
+            hashes.append(digest)
+            statement = signed.statement
+            record_rows.append(
+                {
+                    "seq": seq,
+                    "record_hash": digest,
+                    "actor": statement.actor,
+                    "nonce": statement.nonce,
+                    "type": statement.type,
+                    "received_at": received_at,
+                    "record_bytes": data,
+                }
+            )
+            if item.submission.payload is not None:
+                payload_rows.append(
+                    {
+                        "seq": seq,
+                        "digest": hashlib.sha256(item.submission.payload).digest(),
+                        "content": item.submission.payload,
+                    }
+                )
+            for node, value in tree.append(hashlib.sha256(b"\x00" + data).digest()):
+                nodes[node] = value
+                new_nodes.append({"level": node[0], "idx": node[1], "hash": value})
+            prev = digest.hex()
+
+        size = tree.size
+        root = tree.root()
+        head_hash = hashes[-1]
+        note = Checkpoint(
+            origin=self.origin, size=size, root_hash=root, extensions=(head_extension(head_hash),)
+        ).sign([self.log_signer])
+
+        conn.execute(insert(records), record_rows)
+        if payload_rows:
+            conn.execute(insert(payloads), payload_rows)
+        conn.execute(insert(merkle_nodes), new_nodes)
+        project(conn, state.take_pending())
+        conn.execute(insert(checkpoints).values(size=size, note=note))
+        conn.execute(
+            update(log_head)
+            .where(log_head.c.id == 1)
+            .values(size=size, head_hash=head_hash, root_hash=root)
+        )
+        return [
+            Receipt(
+                seq=head.size + offset,
+                prev=prevs[offset],
+                record_hash=hashes[offset],
+                received_at=received_at,
+                checkpoint=note,
+                tree_size=size,
+                inclusion_proof=tuple(merkle.inclusion_proof(head.size + offset, size, nodes)),
+            )
+            for offset in range(len(accepted))
+        ]
+
+
+def fetch_nodes(conn: Connection, wanted: Sequence[merkle.NodeId]) -> dict[merkle.NodeId, bytes]:
+    """Read the given Merkle nodes in one query."""
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        select(merkle_nodes.c.level, merkle_nodes.c.idx, merkle_nodes.c.hash).where(
+            tuple_(merkle_nodes.c.level, merkle_nodes.c.idx).in_(list(wanted))
+        )
+    ).all()
+    found = {(int(r.level), int(r.idx)): bytes(r.hash) for r in rows}
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        from ledger.core.errors import StorageError  # noqa: PLC0415
+
+        raise StorageError(f"merkle nodes missing from storage: {missing[:5]}")
+    return found
+
+
+def _same(a: SignedStatement, b: SignedStatement) -> bool:
+    return a.signed_bytes == b.signed_bytes and a.signature == b.signature
+
+
+def _replayed(actor: str, nonce: str) -> RejectionError:
+    return RejectionError(
+        "replayed-nonce",
+        f"a different statement by {actor!r} with nonce {nonce!r} is already recorded",
+    )
+
+
+def _as_duplicate(receipt: Receipt) -> Receipt:
+    return Receipt(
+        seq=receipt.seq,
+        prev=receipt.prev,
+        record_hash=receipt.record_hash,
+        received_at=receipt.received_at,
+        checkpoint=receipt.checkpoint,
+        tree_size=receipt.tree_size,
+        inclusion_proof=receipt.inclusion_proof,
+        duplicate=True,
+    )
+
+
+def _abort_all(outcomes: Sequence[Outcome | None]) -> list[Outcome]:
+    """All-or-nothing: the refused keep their reason, the rest say the batch was aborted."""
+    return [
+        o
+        if isinstance(o, RejectionError)
+        else RejectionError("batch-aborted", "not recorded: another statement in this "
+                            "all-or-nothing batch was refused")
+        for o in outcomes
+    ]
