@@ -32,6 +32,12 @@ class EncodingError(LedgerError):
     code = "malformed"
 
 
+class RangeError(EncodingError):
+    """An index or size outside what exists (``leaf_index: 9, want < tree_size 8``)."""
+
+    code = "bad-range"
+
+
 class KeyFormatError(EncodingError):
     """A key string (vkey/skey) that is not in the C2SP signed-note form."""
 

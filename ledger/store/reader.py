@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 
 from ledger.core import merkle
-from ledger.core.errors import NotFoundError, NotInitializedError, ProofError
+from ledger.core.errors import NotFoundError, NotInitializedError, RangeError
 from ledger.core.record import Record
 from ledger.core.verify import RecordItem
 from ledger.store.schema import checkpoints, ledger_meta, log_head, merkle_nodes, payloads, records
@@ -99,9 +99,9 @@ class LedgerReader:
         with self.engine.connect() as conn:
             size = self.head(conn).size
             if not 0 < tree_size <= size:
-                raise ProofError(f"tree_size: {tree_size}, want 1..{size} (the log's size)")
+                raise RangeError(f"tree_size: {tree_size}, want 1..{size} (the log's size)")
             if not 0 <= leaf_index < tree_size:
-                raise ProofError(f"leaf_index: {leaf_index}, want < tree_size {tree_size}")
+                raise RangeError(f"leaf_index: {leaf_index}, want < tree_size {tree_size}")
             nodes = fetch_nodes(conn, merkle.inclusion_proof_nodes(leaf_index, tree_size))
         return merkle.inclusion_proof(leaf_index, tree_size, nodes)
 
@@ -109,9 +109,9 @@ class LedgerReader:
         with self.engine.connect() as conn:
             size = self.head(conn).size
             if not 0 <= second <= size:
-                raise ProofError(f"second: {second}, want 0..{size} (the log's size)")
+                raise RangeError(f"second: {second}, want 0..{size} (the log's size)")
             if not 0 <= first <= second:
-                raise ProofError(f"first: {first}, want 0..second ({second})")
+                raise RangeError(f"first: {first}, want 0..second ({second})")
             nodes = fetch_nodes(conn, merkle.consistency_proof_nodes(first, second))
         return merkle.consistency_proof(first, second, nodes)
 

@@ -1,0 +1,294 @@
+"""``rxledger``: the command line.
+
+Exit codes: 0 success (for ``verify``: everything verified), 1 verification
+failed, 2 usage, input or I/O error. Errors are one line on stderr; there is
+never a traceback (one handler for :class:`LedgerError`, as sigstore's CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from ledger.core.errors import LedgerError, MerkleNodeError, RecordError, VerificationError
+from ledger.core.note import Signer
+from ledger.store.db import default_database_url, make_engine
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class Failure(click.ClickException):
+    """A one-line error with an exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"rxledger: error: {self.format_message()}", err=True)
+
+
+class LedgerGroup(click.Group):
+    """Turns every LedgerError and database error into a one-line message."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VerificationError as e:
+            raise Failure(str(e), EXIT_FAILED) from None
+        except LedgerError as e:
+            raise Failure(str(e)) from None
+        except SQLAlchemyError as e:
+            first = str(e.orig if getattr(e, "orig", None) else e).strip().splitlines()[0]
+            raise Failure(f"database error: {first}") from None
+        except OSError as e:
+            raise Failure(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
+
+
+db_option = click.option(
+    "--db",
+    "database_url",
+    envvar="RXLEDGER_DATABASE_URL",
+    default=None,
+    show_envvar=True,
+    help="Database URL (default: SQLite file in RXLEDGER_HOME).",
+)
+
+
+@click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rxledger")
+def main() -> None:
+    """rxledger: a verifiable audit ledger for e-prescriptions, settlement and consent."""
+
+
+@main.command()
+@db_option
+@click.option(
+    "--key-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write log.skey and registrar.skey (default: RXLEDGER_HOME/keys).",
+)
+@click.option("--origin", default="rxledger.local/log", show_default=True,
+              help="The log's origin line in checkpoints (and its key name).")
+def init(database_url: str | None, key_dir: Path | None, origin: str) -> None:
+    """Create the schema, the log signing key, the registrar key and the genesis record."""
+    from ledger.service import init_ledger  # noqa: PLC0415 - keep start-up light
+
+    result = init_ledger(database_url, key_dir=key_dir, origin=origin)
+    verb = "initialized" if result.created else "already initialized"
+    click.echo(f"ledger {verb}: {result.database_url}")
+    click.echo(f"origin:        {result.origin}")
+    click.echo(f"log key:       {result.log_vkey}")
+    click.echo(f"registrar key: {result.registrar_vkey}")
+    if result.created:
+        click.echo(f"private keys written (mode 0600): {result.log_key_file}, "
+                   f"{result.registrar_key_file}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="File to write the private key to (mode 0600; never overwritten).")
+def keygen(name: str, out: Path) -> None:
+    """Make an Ed25519 key pair for NAME; print the public (verifier) key."""
+    from ledger.service import write_key_file  # noqa: PLC0415
+
+    signer = Signer.generate(name)
+    try:
+        write_key_file(out, signer.skey)
+    except FileExistsError:
+        raise Failure(f"{out} exists; refusing to overwrite a key") from None
+    click.echo(signer.vkey)
+
+
+@main.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--log-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="RXLEDGER_LOG_KEY_FILE", help="The log's private key file.")
+def serve(database_url: str | None, host: str, port: int, log_key_file: Path | None) -> None:
+    """Run the HTTP API."""
+    import uvicorn  # noqa: PLC0415
+
+    from api.app import create_app  # noqa: PLC0415
+    from api.settings import Settings  # noqa: PLC0415
+    from ledger.service import Ledger  # noqa: PLC0415
+
+    settings = Settings.from_env()
+    settings = Settings(
+        database_url=database_url or settings.database_url,
+        log_key_file=log_key_file or settings.log_key_file,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    ledger = Ledger.open(settings.database_url, log_key_file=settings.log_key_file)
+    click.echo(f"rxledger serving {ledger.origin} on http://{host}:{port}", err=True)
+    uvicorn.run(create_app(ledger, settings), host=host, port=port, log_level="warning")
+
+
+class _Progress:
+    """A progress line with rate and ETA on a terminal; nothing otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.start = time.perf_counter()
+        self.last = 0.0
+
+    def __call__(self, done: int) -> None:
+        if not self.enabled:
+            return
+        t = time.perf_counter()
+        if done < self.total and t - self.last < 0.2:
+            return
+        self.last = t
+        elapsed = max(t - self.start, 1e-9)
+        rate = done / elapsed
+        width = 30
+        filled = int(width * done / self.total) if self.total else width
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        click.echo(
+            f"\rverifying [{'#' * filled}{'-' * (width - filled)}] {done}/{self.total} "
+            f"{rate:,.0f} rec/s ETA {eta:,.0f}s ",
+            nl=False,
+            err=True,
+        )
+
+    def close(self) -> None:
+        if self.enabled:
+            click.echo("", err=True)
+
+
+@main.command()
+@db_option
+@click.option("--log-key", default=None, help="Pin the log's verifier key (vkey string).")
+@click.option("--registrar-key", default=None, help="Pin the registrar's verifier key.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify(
+    database_url: str | None, log_key: str | None, registrar_key: str | None, as_json: bool
+) -> None:
+    """Verify every record, signature, Merkle node and checkpoint of a ledger.
+
+    Exit 0 when everything holds, 1 when something does not (the first bad
+    record is named), 2 on usage or I/O errors.
+    """
+    from ledger.store.audit import verify_database  # noqa: PLC0415
+    from ledger.store.reader import LedgerReader  # noqa: PLC0415
+
+    engine = make_engine(database_url or default_database_url())
+    try:
+        total = LedgerReader(engine).head().size
+        progress = _Progress(total, enabled=not as_json and sys.stderr.isatty())
+        try:
+            result = verify_database(
+                engine, log_key=log_key, registrar_key=registrar_key, on_progress=progress
+            )
+        except VerificationError as e:
+            progress.close()
+            if as_json:
+                click.echo(json.dumps({"verified": False, "error": _error_json(e)}))
+                sys.exit(EXIT_FAILED)
+            raise
+        progress.close()
+    finally:
+        engine.dispose()
+    summary = {
+        "verified": True,
+        "tree_size": result.size,
+        "root_hash": result.root.hex(),
+        "head_hash": result.head.hex(),
+        "checkpoints_verified": result.checkpoints_verified,
+        "seconds": round(result.seconds, 3),
+        "records_per_second": round(result.rate, 1),
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(
+            f"verified {result.size} records and {result.checkpoints_verified} checkpoints "
+            f"in {result.seconds:.2f}s ({result.rate:,.0f} records/s); root {result.root.hex()}"
+        )
+
+
+def _error_json(error: LedgerError) -> dict[str, Any]:
+    out: dict[str, Any] = {"code": error.code, "message": str(error)}
+    if isinstance(error, RecordError) and error.seq is not None:
+        out["seq"] = error.seq
+    if isinstance(error, MerkleNodeError):
+        out["seq"] = error.first_seq
+        out["node"] = {"level": error.level, "index": error.index}
+    return out
+
+
+@main.group()
+def prove() -> None:
+    """Make inclusion and consistency proofs."""
+
+
+@prove.command("inclusion")
+@db_option
+@click.option("--seq", type=click.IntRange(min=0), required=True, help="The record (leaf index).")
+@click.option("--tree-size", type=click.IntRange(min=1), default=None,
+              help="Prove against this tree size (default: the latest checkpoint).")
+def prove_inclusion(database_url: str | None, seq: int, tree_size: int | None) -> None:
+    """Print an inclusion proof for record SEQ as JSON."""
+    from ledger.store.reader import LedgerReader  # noqa: PLC0415
+
+    engine = make_engine(database_url or default_database_url())
+    try:
+        reader = LedgerReader(engine)
+        note = reader.latest_checkpoint() if tree_size is None else reader.checkpoint(tree_size)
+        size = int(note.split("\n")[1])
+        record = reader.record(seq)
+        proof = reader.inclusion_proof(seq, size)
+    finally:
+        engine.dispose()
+    click.echo(json.dumps({
+        "leaf_index": seq,
+        "tree_size": size,
+        "leaf_hash": record.leaf_hash.hex(),
+        "record_hash": record.hash.hex(),
+        "hashes": [h.hex() for h in proof],
+        "checkpoint": note,
+    }, indent=2))
+
+
+@prove.command("consistency")
+@db_option
+@click.option("--first", type=click.IntRange(min=0), required=True)
+@click.option("--second", type=click.IntRange(min=0), default=None,
+              help="Default: the latest checkpoint's size.")
+def prove_consistency(database_url: str | None, first: int, second: int | None) -> None:
+    """Print a consistency proof between two tree sizes as JSON."""
+    from ledger.store.reader import LedgerReader  # noqa: PLC0415
+
+    engine = make_engine(database_url or default_database_url())
+    try:
+        reader = LedgerReader(engine)
+        second_note = reader.latest_checkpoint() if second is None else reader.checkpoint(second)
+        second = int(second_note.split("\n")[1])
+        first_note = reader.checkpoint(first)
+        proof = reader.consistency_proof(first, second)
+    finally:
+        engine.dispose()
+    click.echo(json.dumps({
+        "first": first,
+        "second": second,
+        "hashes": [h.hex() for h in proof],
+        "first_checkpoint": first_note,
+        "second_checkpoint": second_note,
+    }, indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

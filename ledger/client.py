@@ -1,0 +1,190 @@
+"""A small client: build and sign statements, submit them, check the receipts.
+
+The CLI, the demo, the benchmarks and the tests make statements only through
+:func:`ledger.core.statement.make_statement` and submit them through
+:class:`LedgerClient`, so there is one way to make a statement.
+
+A receipt is checked, not trusted: :func:`check_receipt` rebuilds the record
+bytes from the statement that was sent and the receipt's ``seq``, ``prev``
+and ``received_at``, checks the record hash, opens the checkpoint with the
+log's public key and verifies the inclusion proof against its root.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ledger.core import merkle
+from ledger.core.checkpoint import Checkpoint, open_checkpoint
+from ledger.core.errors import EncodingError, LedgerError, RejectionError, VerificationError
+from ledger.core.note import Verifier
+from ledger.core.record import build_record_bytes
+from ledger.core.statement import SignedStatement, make_statement
+
+__all__ = ["LedgerClient", "Rejected", "VerifiedReceipt", "check_receipt", "make_statement"]
+
+
+@dataclass(frozen=True)
+class VerifiedReceipt:
+    seq: int
+    record_hash: bytes
+    checkpoint: Checkpoint
+    duplicate: bool
+    raw: dict[str, Any]
+
+
+class Rejected(RejectionError):
+    """The ledger refused a statement; ``problem`` is its problem+json body."""
+
+    def __init__(self, problem: dict[str, Any]) -> None:
+        super().__init__(str(problem.get("code", "rejected")), str(problem.get("detail", "")))
+        self.problem = problem
+        self.status = int(problem.get("status", 0))
+
+
+def check_receipt(
+    receipt: dict[str, Any],
+    signed: SignedStatement,
+    *,
+    log_key: Verifier,
+    origin: str,
+) -> VerifiedReceipt:
+    """Check that ``receipt`` proves ``signed`` is in the log; raise if not."""
+    try:
+        seq = int(receipt["seq"])
+        prev = str(receipt["prev"])
+        received_at = str(receipt["received_at"])
+        record_hash = bytes.fromhex(receipt["record_hash"])
+        proof = receipt["inclusion_proof"]
+        tree_size = int(proof["tree_size"])
+        hashes = [bytes.fromhex(h) for h in proof["hashes"]]
+        note = str(receipt["checkpoint"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise EncodingError(f"receipt is malformed: {e}") from e
+    data = build_record_bytes(seq, prev, received_at, signed.signature_b64, signed.signed_bytes)
+    if hashlib.sha256(data).digest() != record_hash:
+        raise VerificationError(
+            f"receipt record_hash: expected {hashlib.sha256(data).hexdigest()} for the "
+            f"statement sent, got {record_hash.hex()}"
+        )
+    checkpoint, _ = open_checkpoint(note, origin=origin, verifier=log_key)
+    if checkpoint.size != tree_size:
+        raise VerificationError(
+            f"receipt proof tree_size {tree_size} differs from its checkpoint's {checkpoint.size}"
+        )
+    merkle.verify_inclusion(merkle.hash_leaf(data), seq, tree_size, hashes, checkpoint.root_hash)
+    return VerifiedReceipt(
+        seq=seq,
+        record_hash=record_hash,
+        checkpoint=checkpoint,
+        duplicate=bool(receipt.get("duplicate", False)),
+        raw=receipt,
+    )
+
+
+def _submission_json(signed: SignedStatement, payload: bytes | None) -> dict[str, Any]:
+    body = signed.to_json()
+    if payload is not None:
+        body["payload"] = base64.b64encode(payload).decode("ascii")
+    return body
+
+
+class LedgerClient:
+    """Talks to the rxledger HTTP API and checks every receipt it gets."""
+
+    def __init__(
+        self,
+        base_url: str = "",
+        *,
+        http: httpx.Client | None = None,
+        log_key: str | None = None,
+        origin: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.http = http or httpx.Client(base_url=base_url, timeout=timeout)
+        self._log_key = Verifier.from_vkey(log_key) if log_key else None
+        self._origin = origin or (self._log_key.name if self._log_key else None)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> LedgerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writes --------------------------------------------------------------------
+
+    def submit(
+        self, signed: SignedStatement, *, payload: bytes | None = None
+    ) -> VerifiedReceipt:
+        """Submit one statement; return its checked receipt or raise :class:`Rejected`."""
+        response = self.http.post("/v1/statements", json=_submission_json(signed, payload))
+        body = self._json(response)
+        if response.status_code not in (200, 201):
+            raise Rejected(body)
+        return self._check(body, signed)
+
+    def submit_batch(
+        self,
+        batch: Sequence[SignedStatement | tuple[SignedStatement, bytes | None]],
+        *,
+        atomic: bool = False,
+    ) -> list[VerifiedReceipt | Rejected]:
+        """Submit a batch; one checked receipt or :class:`Rejected` per statement."""
+        items = [b if isinstance(b, tuple) else (b, None) for b in batch]
+        response = self.http.post(
+            "/v1/statements",
+            json={
+                "statements": [_submission_json(s, p) for s, p in items],
+                "atomic": atomic,
+            },
+        )
+        body = self._json(response)
+        if response.status_code != 200:
+            raise Rejected(body)
+        out: list[VerifiedReceipt | Rejected] = []
+        for (signed, _), result in zip(items, body["results"], strict=True):
+            if result["status"] == "accepted":
+                out.append(self._check(result["receipt"], signed))
+            else:
+                out.append(Rejected(result["problem"]))
+        return out
+
+    # -- reads ---------------------------------------------------------------------
+
+    def checkpoint(self) -> str:
+        response = self.http.get("/v1/checkpoint")
+        if response.status_code != 200:
+            raise Rejected(self._json(response))
+        return response.text
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = self.http.get(path, params=params)
+        body = self._json(response)
+        if response.status_code != 200:
+            raise Rejected(body)
+        return body
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _check(self, receipt: dict[str, Any], signed: SignedStatement) -> VerifiedReceipt:
+        if self._log_key is None or self._origin is None:
+            raise LedgerError("the client needs the log's public key to check receipts")
+        return check_receipt(receipt, signed, log_key=self._log_key, origin=self._origin)
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError as e:
+            raise EncodingError(
+                f"the ledger answered HTTP {response.status_code} with no JSON body"
+            ) from e
