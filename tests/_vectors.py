@@ -20,6 +20,7 @@ def load_vectors(name: str) -> Any:
     path = VECTORS_DIR / name
     if not path.exists():
         raise FileNotFoundError(
-            f"conformance vectors not found at {path}; set RXLEDGER_VECTORS to the shared/vectors folder"
+            f"conformance vectors not found at {path}; "
+            "set RXLEDGER_VECTORS to the shared/vectors folder"
         )
     return json.loads(path.read_text(encoding="utf-8"))

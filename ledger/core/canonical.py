@@ -39,7 +39,8 @@ def canonicalize(value: object) -> bytes:
     """
     try:
         return rfc8785.dumps(cast(Any, value))
-    except rfc8785.CanonicalizationError as e:
+    except (rfc8785.CanonicalizationError, UnicodeError) as e:
+        # rfc8785 0.1.4 lets a UnicodeEncodeError escape for a lone surrogate in a key.
         raise EncodingError(f"cannot canonicalize (RFC 8785): {e}") from e
     except RecursionError as e:
         raise EncodingError("cannot canonicalize (RFC 8785): nested too deeply") from e

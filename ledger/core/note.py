@@ -191,6 +191,10 @@ class Verifier:
         ``NewVerifier`` rejects: bad name, key id not 8 hex digits, bad base64, a
         type other than Ed25519, a key that is not 32 bytes, or a key id that does
         not match the name and key.
+
+        Stricter than note.go, it also rejects an upper-case key id, which note.go
+        tolerates, so that a key has exactly one string and
+        ``Verifier.from_vkey(s).vkey == s``: the ledger compares keys as strings.
         """
         if not isinstance(vkey, str):
             raise KeyFormatError(f"verifier key must be a string, got {type(vkey).__name__}")
@@ -202,6 +206,11 @@ class Verifier:
             raise KeyFormatError(
                 f"verifier key: key id does not match name and key: "
                 f"expected {verifier.key_id.hex()}, got {hex_id.lower()}"
+            )
+        if verifier.vkey != vkey:
+            raise KeyFormatError(
+                "verifier key is not in canonical form (lower-case hex key id): "
+                f"expected {verifier.vkey!r}"
             )
         return verifier
 
@@ -227,7 +236,7 @@ class Verifier:
 
     @property
     def vkey(self) -> str:
-        """The verifier key string, with a lower-case key id and canonical base64."""
+        """The verifier key string, in its one canonical spelling (lower-case key id)."""
         return self._vkey
 
     def verify(self, message: bytes, signature: bytes) -> bool:
@@ -281,7 +290,8 @@ class Signer:
 
         Raises :class:`~ledger.core.errors.KeyFormatError` for anything note.go's
         ``NewSigner`` rejects, including a key id that does not match the public
-        key derived from the seed. Error messages never contain the secret.
+        key derived from the seed, and (like :meth:`Verifier.from_vkey`) any spelling
+        other than the canonical one. Error messages never contain the secret.
         """
         if not isinstance(skey, str):
             raise KeyFormatError(f"signer key must be a string, got {type(skey).__name__}")
@@ -297,6 +307,8 @@ class Signer:
                 f"signer key: key id does not match name and key: "
                 f"expected {signer.key_id.hex()}, got {hex_id.lower()}"
             )
+        if signer.skey != skey:
+            raise KeyFormatError("signer key is not in canonical form (lower-case hex key id)")
         return signer
 
     @classmethod
@@ -357,7 +369,10 @@ class NoteSignature:
     signature: bytes
 
     def to_line(self) -> str:
-        """The signature line, with its final newline: ``"— name base64(id||sig)\\n"``."""
+        """The signature line, with its final newline: ``"— name base64(id||sig)\\n"``.
+
+        The base64 is canonical; :func:`add_signatures` keeps existing lines as written.
+        """
         return f"{SIGNATURE_PREFIX}{self.name} {_b64encode(self.key_id + self.signature)}\n"
 
 
