@@ -132,6 +132,9 @@ def install(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)
         return problem_response(
-            problem("internal", "the ledger failed to handle this request; nothing was "
-                    "acknowledged", 500)
+            problem(
+                "internal",
+                "the ledger failed to handle this request; nothing was acknowledged",
+                500,
+            )
         )

@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger.store.db import default_database_url, home_dir
+from ledger.service import default_log_key_file
+from ledger.store.db import default_database_url
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,6 @@ class Settings:
     def from_env(cls) -> Settings:
         return cls(
             database_url=default_database_url(),
-            log_key_file=Path(
-                os.environ.get("RXLEDGER_LOG_KEY_FILE") or home_dir() / "keys" / "log.skey"
-            ),
-            max_body_bytes=int(os.environ.get("RXLEDGER_MAX_BODY_BYTES", 4 * 1024 * 1024)),
+            log_key_file=default_log_key_file(),
+            max_body_bytes=int(os.environ.get("RXLEDGER_MAX_BODY_BYTES") or 4 * 1024 * 1024),
         )

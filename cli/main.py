@@ -26,14 +26,18 @@ EXIT_USAGE = 2
 
 
 class Failure(click.ClickException):
-    """A one-line error with an exit code."""
+    """A one-line usage, input or I/O error (exit 2)."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = EXIT_USAGE
 
     def show(self, file: Any = None) -> None:
         click.echo(f"rxledger: error: {self.format_message()}", err=True)
+
+
+class VerificationFailure(Failure):
+    """Something did not verify (exit 1)."""
+
+    exit_code = EXIT_FAILED
 
 
 class LedgerGroup(click.Group):
@@ -43,11 +47,12 @@ class LedgerGroup(click.Group):
         try:
             return super().invoke(ctx)
         except VerificationError as e:
-            raise Failure(str(e), EXIT_FAILED) from None
+            raise VerificationFailure(str(e)) from None
         except LedgerError as e:
             raise Failure(str(e)) from None
         except SQLAlchemyError as e:
-            first = str(e.orig if getattr(e, "orig", None) else e).strip().splitlines()[0]
+            cause = getattr(e, "orig", None) or e
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
             raise Failure(f"database error: {first}") from None
         except OSError as e:
             raise Failure(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
@@ -77,8 +82,12 @@ def main() -> None:
     default=None,
     help="Where to write log.skey and registrar.skey (default: RXLEDGER_HOME/keys).",
 )
-@click.option("--origin", default="rxledger.local/log", show_default=True,
-              help="The log's origin line in checkpoints (and its key name).")
+@click.option(
+    "--origin",
+    default="rxledger.local/log",
+    show_default=True,
+    help="The log's origin line in checkpoints (and its key name).",
+)
 def init(database_url: str | None, key_dir: Path | None, origin: str) -> None:
     """Create the schema, the log signing key, the registrar key and the genesis record."""
     from ledger.service import init_ledger  # noqa: PLC0415 - keep start-up light
@@ -90,14 +99,19 @@ def init(database_url: str | None, key_dir: Path | None, origin: str) -> None:
     click.echo(f"log key:       {result.log_vkey}")
     click.echo(f"registrar key: {result.registrar_vkey}")
     if result.created:
-        click.echo(f"private keys written (mode 0600): {result.log_key_file}, "
-                   f"{result.registrar_key_file}")
+        click.echo(
+            f"private keys written (mode 0600): {result.log_key_file}, {result.registrar_key_file}"
+        )
 
 
 @main.command()
 @click.argument("name")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="File to write the private key to (mode 0600; never overwritten).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="File to write the private key to (mode 0600; never overwritten).",
+)
 def keygen(name: str, out: Path) -> None:
     """Make an Ed25519 key pair for NAME; print the public (verifier) key."""
     from ledger.service import write_key_file  # noqa: PLC0415
@@ -114,25 +128,30 @@ def keygen(name: str, out: Path) -> None:
 @db_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--log-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              envvar="RXLEDGER_LOG_KEY_FILE", help="The log's private key file.")
+@click.option(
+    "--log-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="RXLEDGER_LOG_KEY_FILE",
+    help="The log's private key file.",
+)
 def serve(database_url: str | None, host: str, port: int, log_key_file: Path | None) -> None:
     """Run the HTTP API."""
     import uvicorn  # noqa: PLC0415
 
-    from api.app import create_app  # noqa: PLC0415
-    from api.settings import Settings  # noqa: PLC0415
     from ledger.service import Ledger  # noqa: PLC0415
 
-    settings = Settings.from_env()
-    settings = Settings(
-        database_url=database_url or settings.database_url,
-        log_key_file=log_key_file or settings.log_key_file,
-        max_body_bytes=settings.max_body_bytes,
-    )
-    ledger = Ledger.open(settings.database_url, log_key_file=settings.log_key_file)
-    click.echo(f"rxledger serving {ledger.origin} on http://{host}:{port}", err=True)
-    uvicorn.run(create_app(ledger, settings), host=host, port=port, log_level="warning")
+    # The API is another adapter: the CLI hands it its settings through the
+    # environment and names it by import string, rather than importing it.
+    if database_url:
+        os.environ["RXLEDGER_DATABASE_URL"] = database_url
+    if log_key_file:
+        os.environ["RXLEDGER_LOG_KEY_FILE"] = str(log_key_file)
+    ledger = Ledger.open(database_url or default_database_url(), log_key_file=log_key_file)
+    origin = ledger.origin
+    ledger.close()  # opened only to fail fast with a clear message
+    click.echo(f"rxledger serving {origin} on http://{host}:{port}", err=True)
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_level="warning")
 
 
 class _Progress:
@@ -237,8 +256,12 @@ def prove() -> None:
 @prove.command("inclusion")
 @db_option
 @click.option("--seq", type=click.IntRange(min=0), required=True, help="The record (leaf index).")
-@click.option("--tree-size", type=click.IntRange(min=1), default=None,
-              help="Prove against this tree size (default: the latest checkpoint).")
+@click.option(
+    "--tree-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Prove against this tree size (default: the latest checkpoint).",
+)
 def prove_inclusion(database_url: str | None, seq: int, tree_size: int | None) -> None:
     """Print an inclusion proof for record SEQ as JSON."""
     from ledger.store.reader import LedgerReader  # noqa: PLC0415
@@ -252,21 +275,30 @@ def prove_inclusion(database_url: str | None, seq: int, tree_size: int | None) -
         proof = reader.inclusion_proof(seq, size)
     finally:
         engine.dispose()
-    click.echo(json.dumps({
-        "leaf_index": seq,
-        "tree_size": size,
-        "leaf_hash": record.leaf_hash.hex(),
-        "record_hash": record.hash.hex(),
-        "hashes": [h.hex() for h in proof],
-        "checkpoint": note,
-    }, indent=2))
+    click.echo(
+        json.dumps(
+            {
+                "leaf_index": seq,
+                "tree_size": size,
+                "leaf_hash": record.leaf_hash.hex(),
+                "record_hash": record.hash.hex(),
+                "hashes": [h.hex() for h in proof],
+                "checkpoint": note,
+            },
+            indent=2,
+        )
+    )
 
 
 @prove.command("consistency")
 @db_option
 @click.option("--first", type=click.IntRange(min=0), required=True)
-@click.option("--second", type=click.IntRange(min=0), default=None,
-              help="Default: the latest checkpoint's size.")
+@click.option(
+    "--second",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Default: the latest checkpoint's size.",
+)
 def prove_consistency(database_url: str | None, first: int, second: int | None) -> None:
     """Print a consistency proof between two tree sizes as JSON."""
     from ledger.store.reader import LedgerReader  # noqa: PLC0415
@@ -280,15 +312,19 @@ def prove_consistency(database_url: str | None, first: int, second: int | None) 
         proof = reader.consistency_proof(first, second)
     finally:
         engine.dispose()
-    click.echo(json.dumps({
-        "first": first,
-        "second": second,
-        "hashes": [h.hex() for h in proof],
-        "first_checkpoint": first_note,
-        "second_checkpoint": second_note,
-    }, indent=2))
+    click.echo(
+        json.dumps(
+            {
+                "first": first,
+                "second": second,
+                "hashes": [h.hex() for h in proof],
+                "first_checkpoint": first_note,
+                "second_checkpoint": second_note,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

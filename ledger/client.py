@@ -27,7 +27,7 @@ from ledger.core.note import Verifier
 from ledger.core.record import build_record_bytes
 from ledger.core.statement import SignedStatement, make_statement
 
-__all__ = ["LedgerClient", "Rejected", "VerifiedReceipt", "check_receipt", "make_statement"]
+__all__ = ["LedgerClient", "RejectedError", "VerifiedReceipt", "check_receipt", "make_statement"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class VerifiedReceipt:
     raw: dict[str, Any]
 
 
-class Rejected(RejectionError):
+class RejectedError(RejectionError):
     """The ledger refused a statement; ``problem`` is its problem+json body."""
 
     def __init__(self, problem: dict[str, Any]) -> None:
@@ -122,14 +122,12 @@ class LedgerClient:
 
     # -- writes --------------------------------------------------------------------
 
-    def submit(
-        self, signed: SignedStatement, *, payload: bytes | None = None
-    ) -> VerifiedReceipt:
-        """Submit one statement; return its checked receipt or raise :class:`Rejected`."""
+    def submit(self, signed: SignedStatement, *, payload: bytes | None = None) -> VerifiedReceipt:
+        """Submit one statement; return its checked receipt or raise :class:`RejectedError`."""
         response = self.http.post("/v1/statements", json=_submission_json(signed, payload))
         body = self._json(response)
         if response.status_code not in (200, 201):
-            raise Rejected(body)
+            raise RejectedError(body)
         return self._check(body, signed)
 
     def submit_batch(
@@ -137,8 +135,8 @@ class LedgerClient:
         batch: Sequence[SignedStatement | tuple[SignedStatement, bytes | None]],
         *,
         atomic: bool = False,
-    ) -> list[VerifiedReceipt | Rejected]:
-        """Submit a batch; one checked receipt or :class:`Rejected` per statement."""
+    ) -> list[VerifiedReceipt | RejectedError]:
+        """Submit a batch; one checked receipt or :class:`RejectedError` per statement."""
         items = [b if isinstance(b, tuple) else (b, None) for b in batch]
         response = self.http.post(
             "/v1/statements",
@@ -149,13 +147,13 @@ class LedgerClient:
         )
         body = self._json(response)
         if response.status_code != 200:
-            raise Rejected(body)
-        out: list[VerifiedReceipt | Rejected] = []
+            raise RejectedError(body)
+        out: list[VerifiedReceipt | RejectedError] = []
         for (signed, _), result in zip(items, body["results"], strict=True):
             if result["status"] == "accepted":
                 out.append(self._check(result["receipt"], signed))
             else:
-                out.append(Rejected(result["problem"]))
+                out.append(RejectedError(result["problem"]))
         return out
 
     # -- reads ---------------------------------------------------------------------
@@ -163,14 +161,14 @@ class LedgerClient:
     def checkpoint(self) -> str:
         response = self.http.get("/v1/checkpoint")
         if response.status_code != 200:
-            raise Rejected(self._json(response))
+            raise RejectedError(self._json(response))
         return response.text
 
     def get(self, path: str, **params: Any) -> Any:
         response = self.http.get(path, params=params)
         body = self._json(response)
         if response.status_code != 200:
-            raise Rejected(body)
+            raise RejectedError(body)
         return body
 
     # -- helpers -------------------------------------------------------------------

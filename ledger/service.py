@@ -29,6 +29,12 @@ REGISTRAR_KEY_FILE = "registrar.skey"
 REGISTRAR_ID = "registrar"
 
 
+def default_log_key_file() -> Path:
+    """``RXLEDGER_LOG_KEY_FILE``, else ``RXLEDGER_HOME/keys/log.skey``."""
+    configured = os.environ.get("RXLEDGER_LOG_KEY_FILE")
+    return Path(configured) if configured else home_dir() / "keys" / LOG_KEY_FILE
+
+
 def write_key_file(path: Path, skey: str) -> None:
     """Write a private key string to ``path`` with mode 0600; never overwrite."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,16 +173,16 @@ class Ledger:
         engine = make_engine(database_url)
         try:
             if not is_initialized(engine):
-                raise NotInitializedError(
-                    "the database holds no ledger: run `rxledger init` first"
-                )
-            signer = read_key_file(log_key_file or home_dir() / "keys" / LOG_KEY_FILE)
+                raise NotInitializedError("the database holds no ledger: run `rxledger init` first")
+            signer = read_key_file(log_key_file or default_log_key_file())
             return cls(engine, signer)
         except LedgerError:
             engine.dispose()
             raise
 
-    def append(self, batch: list[Submission], *, atomic: bool = False) -> list[Receipt | LedgerError]:
+    def append(
+        self, batch: list[Submission], *, atomic: bool = False
+    ) -> list[Receipt | LedgerError]:
         return list(self.sequencer.append(batch, atomic=atomic))
 
     def close(self) -> None:

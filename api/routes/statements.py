@@ -56,7 +56,9 @@ def parse_submission(obj: object, *, where: str, max_statement: int) -> Submissi
     if extra:
         raise EncodingError(f"{where}: unknown field(s) {', '.join(extra)}")
     try:
-        signed = SignedStatement.from_json({k: obj[k] for k in ("statement", "signature") if k in obj})
+        signed = SignedStatement.from_json(
+            {k: obj[k] for k in ("statement", "signature") if k in obj}
+        )
     except EncodingError as e:
         raise EncodingError(f"{where}: {e}") from e
     if len(signed.signed_bytes) > max_statement:

@@ -67,9 +67,7 @@ class Record:
 
     @classmethod
     def build(cls, seq: int, prev: str, received_at: str, signed: SignedStatement) -> Record:
-        data = build_record_bytes(
-            seq, prev, received_at, signed.signature_b64, signed.signed_bytes
-        )
+        data = build_record_bytes(seq, prev, received_at, signed.signature_b64, signed.signed_bytes)
         return cls(
             seq=seq,
             prev=prev,

@@ -213,7 +213,7 @@ class SignedStatement:
 
 def make_statement(
     signer: Signer,
-    type: str,  # noqa: A002 - the field's own name
+    type: str,
     body: Mapping[str, Any],
     *,
     issued_at: datetime | str | None = None,

@@ -207,9 +207,7 @@ class StreamVerifier:
         if item.payload is not None:
             actual = hashlib.sha256(item.payload).hexdigest()
             if actual != committed:
-                raise PayloadError(
-                    f"payload digest: expected {committed}, found {actual}", seq=seq
-                )
+                raise PayloadError(f"payload digest: expected {committed}, found {actual}", seq=seq)
 
     def check_checkpoint(self, note: str) -> Checkpoint:
         """Verify a signed checkpoint for the current size against the recomputed tree."""
@@ -218,9 +216,7 @@ class StreamVerifier:
         except LedgerError as e:
             raise CheckpointError(f"checkpoint at size {self.size}: {e}") from e
         if checkpoint.size != self.size:
-            raise CheckpointError(
-                f"checkpoint size: expected {self.size}, found {checkpoint.size}"
-            )
+            raise CheckpointError(f"checkpoint size: expected {self.size}, found {checkpoint.size}")
         root = self.root()
         if checkpoint.root_hash != root:
             raise RootMismatchError(
@@ -261,9 +257,8 @@ def verify_log(
     while next_cp is not None and next_cp[0] == 0:
         verifier.check_checkpoint(next_cp[1])
         next_cp = next(pending, None)
-    for item in records:
-        if isinstance(item, bytes):
-            item = RecordItem(item)
+    for given in records:
+        item = RecordItem(given) if isinstance(given, bytes) else given
         record = verifier.add(item)
         if on_record is not None:
             on_record(record, item)

@@ -72,7 +72,9 @@ def decide_register(state: State, statement: Statement, *, seq: int) -> list[Eff
     actor_id = _string(body, "actor")
     role = _string(body, "role")
     vkey = _string(body, "key")
-    assert actor_id is not None and role is not None and vkey is not None
+    assert actor_id is not None
+    assert role is not None
+    assert vkey is not None
     if role not in ROLES:
         raise RejectionError("malformed-body", f"body.role: expected one of {', '.join(ROLES)}")
     try:

@@ -24,8 +24,7 @@ class Replayer:
     def __call__(self, seq: int, statement: Statement) -> None:
         if seq == 0 and self.registrar_key is not None and statement.key != self.registrar_key:
             raise RecordError(
-                f"genesis: expected the registrar key {self.registrar_key}, "
-                f"found {statement.key}",
+                f"genesis: expected the registrar key {self.registrar_key}, found {statement.key}",
                 seq=seq,
             )
         try:

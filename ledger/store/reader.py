@@ -71,9 +71,7 @@ class LedgerReader:
 
     def record(self, seq: int) -> Record:
         with self.engine.connect() as conn:
-            data = conn.execute(
-                select(records.c.record_bytes).where(records.c.seq == seq)
-            ).scalar()
+            data = conn.execute(select(records.c.record_bytes).where(records.c.seq == seq)).scalar()
         if data is None:
             raise NotFoundError(f"no record with seq {seq}")
         return Record.from_bytes(bytes(data), expected_seq=seq)

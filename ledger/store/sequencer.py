@@ -431,7 +431,9 @@ def _abort_all(outcomes: Sequence[Outcome | None]) -> list[Outcome]:
     return [
         o
         if isinstance(o, RejectionError)
-        else RejectionError("batch-aborted", "not recorded: another statement in this "
-                            "all-or-nothing batch was refused")
+        else RejectionError(
+            "batch-aborted",
+            "not recorded: another statement in this all-or-nothing batch was refused",
+        )
         for o in outcomes
     ]

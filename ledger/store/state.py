@@ -24,9 +24,9 @@ class DbState:
         if row is None:
             return None
         keys = self._conn.execute(
-            select(actor_keys).where(actor_keys.c.actor_id == actor_id).order_by(
-                actor_keys.c.valid_from
-            )
+            select(actor_keys)
+            .where(actor_keys.c.actor_id == actor_id)
+            .order_by(actor_keys.c.valid_from)
         ).all()
         return Actor(
             actor_id=row.actor_id,

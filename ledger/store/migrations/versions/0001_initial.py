@@ -41,7 +41,10 @@ def upgrade() -> None:
     op.create_table(
         "payloads",
         sa.Column(
-            "seq", sa.BigInteger, sa.ForeignKey("records.seq"), primary_key=True,
+            "seq",
+            sa.BigInteger,
+            sa.ForeignKey("records.seq"),
+            primary_key=True,
             autoincrement=False,
         ),
         sa.Column("digest", sa.LargeBinary(32), nullable=False),
@@ -68,9 +71,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "actor_keys",
-        sa.Column(
-            "actor_id", sa.String(128), sa.ForeignKey("actors.actor_id"), primary_key=True
-        ),
+        sa.Column("actor_id", sa.String(128), sa.ForeignKey("actors.actor_id"), primary_key=True),
         sa.Column("vkey", sa.Text, primary_key=True),
         sa.Column("valid_from", sa.String(32), nullable=False),
         sa.Column("valid_until", sa.String(32), nullable=True),
@@ -80,7 +81,13 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in (
-        "actor_keys", "actors", "checkpoints", "merkle_nodes", "payloads", "records",
-        "log_head", "ledger_meta",
+        "actor_keys",
+        "actors",
+        "checkpoints",
+        "merkle_nodes",
+        "payloads",
+        "records",
+        "log_head",
+        "ledger_meta",
     ):
         op.drop_table(table)
