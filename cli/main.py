@@ -292,7 +292,7 @@ def prove_inclusion(database_url: str | None, seq: int, tree_size: int | None) -
 
 @prove.command("consistency")
 @db_option
-@click.option("--first", type=click.IntRange(min=0), required=True)
+@click.option("--first", type=click.IntRange(min=1), required=True)
 @click.option(
     "--second",
     type=click.IntRange(min=0),

@@ -371,12 +371,14 @@ def _check_inclusion_args(leaf_index: int, tree_size: int) -> None:
         raise InclusionProofError(f"leaf_index: {leaf_index}, want < tree_size {tree_size}")
 
 
-def _consistency_plan(size1: int, size2: int) -> tuple[_ProofPlan, bool] | None:
-    """Return the plan for a consistency proof and whether its seed node is included.
+def _consistency_plan(size1: int, size2: int) -> tuple[NodeId | None, _ProofPlan] | None:
+    """Return the seed node and the plan of the consistency proof ``size1 -> size2``.
 
-    ``None`` when the proof is empty (``size1 == 0`` or ``size1 == size2``).
-    The seed is the last node of ``frontier(size1)``; it is left out when
-    ``size1`` is a power of two, because then it is root1 itself.
+    The proof is the seed, the last node of ``frontier(size1)``, followed by
+    its inclusion proof in the tree of ``size2`` from its own level upward.
+    The seed is ``None`` (left out) when ``size1`` is a power of two: it is
+    then root1 itself, which the verifier already has. ``None`` when the proof
+    is empty (``size1 == 0`` or ``size1 == size2``).
     """
     if size1 < 0 or size1 > size2:
         raise ConsistencyProofError(f"size1 ({size1}) > size2 ({size2})")
@@ -384,13 +386,14 @@ def _consistency_plan(size1: int, size2: int) -> tuple[_ProofPlan, bool] | None:
         return None
     level = (size1 & -size1).bit_length() - 1
     index = (size1 - 1) >> level
-    return _ProofPlan(level, index, size2), index != 0
+    seed = (level, index) if index else None
+    return seed, _ProofPlan(level, index, size2)
 
 
 def inclusion_proof_nodes(leaf_index: int, tree_size: int) -> list[NodeId]:
     """Return the nodes to read to build the inclusion proof of ``leaf_index`` (sorted, unique).
 
-    At most ``2 * log2(tree_size)`` nodes. Raises :class:`InclusionProofError`
+    At most ``2 * ceil(log2(tree_size))`` nodes. Raises :class:`InclusionProofError`
     if ``leaf_index`` is not in ``[0, tree_size)``.
     """
     _check_inclusion_args(leaf_index, tree_size)
@@ -400,22 +403,18 @@ def inclusion_proof_nodes(leaf_index: int, tree_size: int) -> list[NodeId]:
 def consistency_proof_nodes(size1: int, size2: int) -> list[NodeId]:
     """Return the nodes to read to build the consistency proof ``size1 -> size2`` (sorted, unique).
 
-    Empty when ``size1 == 0`` or ``size1 == size2`` (the proof is empty).
-    Raises :class:`ConsistencyProofError` if ``size1 > size2`` or negative.
+    At most ``2 * ceil(log2(size2))`` nodes; empty when ``size1 == 0`` or
+    ``size1 == size2`` (the proof is empty). Raises
+    :class:`ConsistencyProofError` if ``size1 > size2`` or negative.
     """
     planned = _consistency_plan(size1, size2)
     if planned is None:
         return []
-    plan, with_seed = planned
+    seed, plan = planned
     ids = plan.node_ids()
-    if with_seed:
-        ids.append(_seed_node(size1))
+    if seed is not None:
+        ids.append(seed)
     return sorted(set(ids))
-
-
-def _seed_node(size1: int) -> NodeId:
-    level = (size1 & -size1).bit_length() - 1
-    return (level, (size1 - 1) >> level)
 
 
 def root_from_nodes(tree_size: int, nodes: Mapping[NodeId, bytes]) -> bytes:
@@ -452,11 +451,9 @@ def consistency_proof(size1: int, size2: int, nodes: Mapping[NodeId, bytes]) -> 
     planned = _consistency_plan(size1, size2)
     if planned is None:
         return []
-    plan, with_seed = planned
-    proof = plan.hashes(nodes)
-    if with_seed:
-        proof.insert(0, _get(nodes, _seed_node(size1)))
-    return proof
+    seed, plan = planned
+    head = [] if seed is None else [_get(nodes, seed)]
+    return head + plan.hashes(nodes)
 
 
 # --- naive reference (RFC 9162 §2.1.1, §2.1.3.1, §2.1.4.1, verbatim) ---------

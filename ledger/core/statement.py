@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import secrets
 from collections.abc import Mapping
@@ -39,6 +40,12 @@ _ACTOR_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 _B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+@functools.lru_cache(maxsize=65536)
+def verifier_for(vkey: str) -> Verifier:
+    """Verifiers by key string, cached: building one decodes and hashes the key."""
+    return Verifier.from_vkey(vkey)
 
 
 def format_time(moment: datetime) -> str:
@@ -125,7 +132,7 @@ class Statement:
             )
         parse_time(obj["issued_at"], field="statement.issued_at")
         try:
-            verifier = Verifier.from_vkey(obj["key"])
+            verifier = verifier_for(obj["key"])
         except KeyFormatError as e:
             raise EncodingError(f"statement.key: {e}") from e
         if verifier.name != obj["actor"]:
@@ -204,7 +211,7 @@ class SignedStatement:
 
     def verify_signature(self, verifier: Verifier | None = None) -> None:
         """Check the signature against ``verifier`` (default: the statement's own key)."""
-        verifier = verifier or Verifier.from_vkey(self.statement.key)
+        verifier = verifier or verifier_for(self.statement.key)
         if not verifier.verify(self.signed_bytes, self.signature):
             raise SignatureError(
                 f"statement signature does not verify under key {self.statement.key}"

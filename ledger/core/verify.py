@@ -22,7 +22,6 @@ flat in the number of records. The first failure raises a
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -47,18 +46,12 @@ from ledger.core.errors import (
 )
 from ledger.core.note import Verifier
 from ledger.core.record import GENESIS_PREV, Record, leaf_hash
-from ledger.core.statement import MAX_CLOCK_SKEW, Statement, parse_time
+from ledger.core.statement import MAX_CLOCK_SKEW, Statement, parse_time, verifier_for
 
 HEAD_EXTENSION = "rxledger-head "
 
 #: called with (seq, statement) for every record; raises RecordError to refuse it
 Replay = Callable[[int, Statement], None]
-
-
-@functools.lru_cache(maxsize=65536)
-def cached_verifier(vkey: str) -> Verifier:
-    """Verifiers by key string; building one decodes the key, so reuse them."""
-    return Verifier.from_vkey(vkey)
 
 
 def head_extension(head_hash: bytes) -> str:
@@ -151,7 +144,7 @@ class StreamVerifier:
         statement = record.statement()
         self._check_times(record, statement)
         try:
-            verifier = cached_verifier(statement.key)
+            verifier = verifier_for(statement.key)
         except KeyFormatError as e:
             raise RecordError(f"statement.key: {e}", seq=seq) from e
         if not verifier.verify(record.statement_bytes, record.signature):
@@ -305,7 +298,6 @@ __all__ = [
     "StreamVerifier",
     "VerificationError",
     "VerifyResult",
-    "cached_verifier",
     "checkpoint_head",
     "head_extension",
     "verify_log",

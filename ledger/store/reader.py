@@ -108,8 +108,9 @@ class LedgerReader:
             size = self.head(conn).size
             if not 0 <= second <= size:
                 raise RangeError(f"second: {second}, want 0..{size} (the log's size)")
-            if not 0 <= first <= second:
-                raise RangeError(f"first: {first}, want 0..second ({second})")
+            if not 1 <= first <= second:
+                # RFC 9162 verifiers refuse every proof from the empty tree
+                raise RangeError(f"first: {first}, want 1..second ({second})")
             nodes = fetch_nodes(conn, merkle.consistency_proof_nodes(first, second))
         return merkle.consistency_proof(first, second, nodes)
 

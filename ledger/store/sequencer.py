@@ -40,8 +40,15 @@ from ledger.core.errors import (
 )
 from ledger.core.note import Signer
 from ledger.core.record import GENESIS_PREV, Record, build_record_bytes
-from ledger.core.statement import MAX_CLOCK_SKEW, SignedStatement, format_time, now, parse_time
-from ledger.core.verify import cached_verifier, head_extension
+from ledger.core.statement import (
+    MAX_CLOCK_SKEW,
+    SignedStatement,
+    format_time,
+    now,
+    parse_time,
+    verifier_for,
+)
+from ledger.core.verify import head_extension
 from ledger.domain.rules import decide
 from ledger.domain.state import MemoryState
 from ledger.store.db import WRITE, is_sqlite
@@ -137,7 +144,7 @@ class Sequencer:
         """Signature, clock and payload checks; raises :class:`RejectionError`."""
         signed = submission.signed
         statement = signed.statement
-        if not cached_verifier(statement.key).verify(signed.signed_bytes, signed.signature):
+        if not verifier_for(statement.key).verify(signed.signed_bytes, signed.signature):
             raise RejectionError(
                 "bad-signature", f"statement signature does not verify under key {statement.key}"
             )
