@@ -15,8 +15,11 @@ from ledger.core.checkpoint import Checkpoint
 from ledger.core.errors import ConflictError, KeyFormatError, LedgerError, NotInitializedError
 from ledger.core.merkle import EMPTY_ROOT
 from ledger.core.note import Signer
-from ledger.core.statement import make_statement
+from ledger.core.statement import SignedStatement, Statement, instant, make_statement
 from ledger.core.verify import head_extension
+from ledger.domain import settlement
+from ledger.domain.registry import get_actor, key_valid_at
+from ledger.domain.state import State
 from ledger.store import migrate
 from ledger.store.db import home_dir, make_engine
 from ledger.store.reader import LedgerReader
@@ -151,10 +154,63 @@ def init_ledger(
         engine.dispose()
 
 
+class SettlementAgent:
+    """Decides claims as they are sequenced, with the insurers' settlement keys.
+
+    An insurer registers a key with purpose ``settlement`` (``actor.add_key``)
+    and hands the private key to the service (a file ``<anything>.skey`` in
+    the settlement key directory). For every accepted ``claim.submit`` the
+    agent computes the decision with :func:`ledger.domain.settlement.evaluate`
+    and signs a ``settlement.decision`` that the sequencer records right after
+    the claim, in the same transaction. Without a key for the claim's insurer
+    the claim stays pending (the insurer may then submit the decision itself).
+    """
+
+    def __init__(self, signers: list[Signer] | None = None) -> None:
+        self._signers: dict[str, Signer] = {s.vkey: s for s in signers or []}
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> SettlementAgent:
+        signers = [read_key_file(p) for p in sorted(directory.glob("*.skey"))]
+        return cls(signers)
+
+    def add(self, signer: Signer) -> None:
+        self._signers[signer.vkey] = signer
+
+    def __call__(self, state: State, statement: Statement, seq: int) -> list[SignedStatement]:
+        if statement.type != "claim.submit":
+            return []
+        claim = state.get(settlement.CLAIM, str(statement.body["claim_id"]))
+        if claim is None:
+            return []
+        insurer = get_actor(state, claim["insurer"])
+        # Decided at the claim's own time: within the clock window by construction.
+        at = statement.issued_at
+        for grant in (insurer or {}).get("keys", []):
+            signer = self._signers.get(grant["vkey"])
+            if signer is None or grant.get("purpose") != "settlement":
+                continue
+            if key_valid_at(grant, instant(at)) is None:
+                decision = settlement.evaluate(state, claim)
+                return [make_statement(signer, "settlement.decision", decision, issued_at=at)]
+        return []
+
+
+def default_settlement_key_dir() -> Path:
+    configured = os.environ.get("RXLEDGER_SETTLEMENT_KEY_DIR")
+    return Path(configured) if configured else home_dir() / "keys" / "settlement"
+
+
 class Ledger:
     """An open ledger: its sequencer and its reader over one engine."""
 
-    def __init__(self, engine: Engine, log_signer: Signer) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        log_signer: Signer,
+        *,
+        settlement: SettlementAgent | None = None,
+    ) -> None:
         self.engine = engine
         self.reader = LedgerReader(engine)
         meta = self.reader.meta()
@@ -166,16 +222,26 @@ class Ledger:
         self.origin = meta["origin"]
         self.log_vkey = meta["log_vkey"]
         self.registrar_vkey = meta["registrar_vkey"]
-        self.sequencer = Sequencer(engine, log_signer=log_signer, origin=self.origin)
+        self.settlement = settlement or SettlementAgent()
+        self.sequencer = Sequencer(
+            engine, log_signer=log_signer, origin=self.origin, followup=self.settlement
+        )
 
     @classmethod
-    def open(cls, database_url: str | None = None, *, log_key_file: Path | None = None) -> Ledger:
+    def open(
+        cls,
+        database_url: str | None = None,
+        *,
+        log_key_file: Path | None = None,
+        settlement_key_dir: Path | None = None,
+    ) -> Ledger:
         engine = make_engine(database_url)
         try:
             if not is_initialized(engine):
                 raise NotInitializedError("the database holds no ledger: run `rxledger init` first")
             signer = read_key_file(log_key_file or default_log_key_file())
-            return cls(engine, signer)
+            agent = SettlementAgent.from_dir(settlement_key_dir or default_settlement_key_dir())
+            return cls(engine, signer, settlement=agent)
         except LedgerError:
             engine.dispose()
             raise

@@ -23,6 +23,8 @@ def attest(signer: Signer, **kwargs: Any) -> SignedStatement:
 def register(env: LedgerEnv, actor_id: str, role: str, **body: Any) -> Signer:
     """Register a new actor with a fresh key; returns its signer."""
     signer = Signer.generate(actor_id)
+    if role in ("prescriber", "pharmacy"):
+        body.setdefault("licence", f"LIC-{actor_id}")
     statement = make_statement(
         env.registrar,
         "actor.register",

@@ -86,7 +86,7 @@ def world(n: int = 6) -> list[SignedStatement]:
         make_statement(
             REGISTRAR,
             "actor.register",
-            {"actor": "pharmacy-1", "role": "pharmacy", "key": PHARMACY.vkey},
+            {"actor": "pharmacy-1", "role": "pharmacy", "key": PHARMACY.vkey, "licence": "PH-1"},
             issued_at=T0 + timedelta(seconds=1),
         )
     )

@@ -69,6 +69,16 @@ def parse_time(text: str, *, field: str = "time") -> datetime:
         raise EncodingError(f"{field}: not a valid date and time: {text!r}") from e
 
 
+def instant(text: str) -> str:
+    """A time in one fixed-width form (microseconds), so that times compare as strings.
+
+    ``2026-11-23T08:00:00Z`` and ``2026-11-23T08:00:00.000Z`` are the same
+    instant; the domain compares only such normalized strings.
+    """
+    moment = parse_time(text)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 

@@ -50,8 +50,9 @@ from ledger.core.statement import MAX_CLOCK_SKEW, Statement, parse_time, verifie
 
 HEAD_EXTENSION = "rxledger-head "
 
-#: called with (seq, statement) for every record; raises RecordError to refuse it
-Replay = Callable[[int, Statement], None]
+#: called with (seq, statement, payload or None) for every record; raises
+#: RecordError to refuse it
+Replay = Callable[[int, Statement, bytes | None], None]
 
 
 def head_extension(head_hash: bytes) -> str:
@@ -81,6 +82,10 @@ class RecordItem:
     payload: bytes | None = None
     payload_digest: bytes | None = None
     has_payload_row: bool = False
+    #: the source holds a payload row for every record that commits to one (a
+    #: database does; a bundle without clinical data does not), so a missing
+    #: row is an error
+    payloads_complete: bool = False
     #: the source's own copies of record fields (e.g. database columns), checked
     #: by the source's ``on_record`` hook against the parsed record
     columns: Mapping[str, Any] | None = None
@@ -116,6 +121,8 @@ class StreamVerifier:
         self.replay = replay
         self.max_skew = max_skew_seconds
         self.on_node = on_node
+        #: the Merkle nodes the last record completed (when ``on_node`` is set)
+        self.completed: list[tuple[merkle.NodeId, bytes]] = []
         self._tree = merkle.MerkleAccumulator()
         self._head = bytes(32)
         self._last_received = ""
@@ -153,13 +160,12 @@ class StreamVerifier:
             )
         self._check_payload(seq, statement, item)
         if self.replay is not None:
-            self.replay(seq, statement)
+            self.replay(seq, statement, item.payload)
         data = item.record_bytes
         if self.on_node is None:
-            self._tree.append(leaf_hash(data))
+            self._tree.append_fast(leaf_hash(data))
         else:
-            for node, value in self._tree.append(leaf_hash(data)):
-                self.on_node(node, value)
+            self.completed = self._tree.append(leaf_hash(data))
         self._head = hashlib.sha256(data).digest()
         return record
 
@@ -192,6 +198,10 @@ class StreamVerifier:
             return
         if not isinstance(committed, str):
             raise PayloadError("body.payload_digest: expected hex", seq=seq)
+        if item.payloads_complete and not item.has_payload_row:
+            raise PayloadError(
+                f"the record commits to payload {committed}, but none is stored", seq=seq
+            )
         if item.payload_digest is not None and item.payload_digest.hex() != committed:
             raise PayloadError(
                 f"stored payload digest: expected {committed}, found {item.payload_digest.hex()}",
@@ -255,6 +265,9 @@ def verify_log(
         record = verifier.add(item)
         if on_record is not None:
             on_record(record, item)
+        if on_node is not None:
+            for node, value in verifier.completed:
+                on_node(node, value)
         while next_cp is not None and next_cp[0] == verifier.size:
             verifier.check_checkpoint(next_cp[1])
             next_cp = next(pending, None)

@@ -2,36 +2,93 @@
 
 ``decide`` is what both the sequencer and the auditor's replay call. It
 returns the effects to apply, or raises :class:`RejectionError` with a stable
-code. Statement types are added here as their flows are built.
+code. ``payload`` is the statement's payload bytes (clinical detail committed
+by ``body.payload_digest``), for the types whose rules read it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
-from ledger.core.errors import RejectionError
-from ledger.core.statement import Statement
-from ledger.domain import attest, registry
+from ledger.core.canonical import parse_json
+from ledger.core.errors import EncodingError, RejectionError
+from ledger.core.statement import Statement, instant
+from ledger.domain import attest, prescriptions, registry, settlement
 from ledger.domain.state import ROLES, Effect, State
 
-Handler = Callable[[State, Statement], list[Effect]]
-
-#: statement type -> roles that may make it (``actor.register`` is checked by its rule)
+#: statement type -> roles that may make it
 PERMISSIONS: dict[str, frozenset[str]] = {
     "actor.register": frozenset({registry.REGISTRAR}),
+    "actor.add_key": frozenset(ROLES),
+    "actor.rotate_key": frozenset(ROLES),
+    "actor.revoke": frozenset(ROLES),
     "doc.attest": frozenset(ROLES),
+    "rx.issue": frozenset({"prescriber"}),
+    "rx.dispense": frozenset({"pharmacy"}),
+    "rx.cancel": frozenset({"prescriber"}),
+    "rx.reject": frozenset({"pharmacy"}),
+    "coverage.enroll": frozenset({"insurer"}),
+    "coverage.end": frozenset({"insurer"}),
+    "policy.publish": frozenset({"insurer"}),
+    "claim.submit": frozenset({"pharmacy"}),
+    "settlement.decision": frozenset({"insurer"}),
 }
 
+#: types whose rules read the payload
+PAYLOAD_TYPES = frozenset({"rx.issue", "rx.dispense"})
 
-def decide(state: State, statement: Statement, *, seq: int) -> list[Effect]:
-    """Effects of ``statement`` as record ``seq``, or raise :class:`RejectionError`."""
+
+def parse_payload(payload: bytes | None) -> Any:
+    if payload is None:
+        return None
+    try:
+        return parse_json(payload)
+    except EncodingError as e:
+        raise RejectionError("malformed-payload", f"payload: {e}") from e
+
+
+def decide(
+    state: State, statement: Statement, *, seq: int, payload: bytes | None = None
+) -> list[Effect]:
+    """Effects of ``statement`` as record ``seq``, or raise :class:`RejectionError`.
+
+    The rules see ``issued_at`` normalized (:func:`instant`), as every time
+    they store, so that comparing times as strings is comparing instants.
+    """
+    statement = replace(statement, issued_at=instant(statement.issued_at))
     kind = statement.type
+    # Registry statements authorize themselves: who may sign depends on the target.
     if kind == "actor.register":
         return registry.decide_register(state, statement, seq=seq)
+    if kind == "actor.add_key":
+        return registry.decide_add_key(state, statement, seq=seq)
+    if kind == "actor.rotate_key":
+        return registry.decide_rotate_key(state, statement, seq=seq)
+    if kind == "actor.revoke":
+        return registry.decide_revoke(state, statement, seq=seq)
     roles = PERMISSIONS.get(kind)
     if roles is None:
         raise RejectionError("unknown-type", f"statement type {kind!r} is not known")
-    registry.authorize(state, statement, allowed_roles=roles)
+    purpose = "settlement" if kind == "settlement.decision" else "general"
+    actor = registry.authorize(state, statement, allowed_roles=roles, purpose=purpose)
+    if kind in PAYLOAD_TYPES:
+        clinical = parse_payload(payload)
+        if kind == "rx.issue":
+            return prescriptions.decide_issue(state, statement, actor, clinical, seq=seq)
+        return prescriptions.decide_dispense(state, statement, clinical, seq=seq)
+    if kind in ("rx.cancel", "rx.reject"):
+        return prescriptions.decide_end(state, statement, seq=seq)
+    if kind == "coverage.enroll":
+        return settlement.decide_enroll(state, statement, seq=seq)
+    if kind == "coverage.end":
+        return settlement.decide_end_coverage(state, statement, seq=seq)
+    if kind == "policy.publish":
+        return settlement.decide_publish(state, statement, seq=seq)
+    if kind == "claim.submit":
+        return settlement.decide_claim(state, statement, seq=seq)
+    if kind == "settlement.decision":
+        return settlement.decide_decision(state, statement, seq=seq)
     if kind == "doc.attest":
         return attest.decide_attest(state, statement)
     raise RejectionError("unknown-type", f"statement type {kind!r} is not known")

@@ -1,16 +1,25 @@
 """What the domain rules may read and what they may change.
 
-Rules are pure functions ``(state, statement) -> effects`` or a
+Rules are pure functions ``(state, statement, payload) -> effects`` or a
 :class:`~ledger.core.errors.RejectionError` (STYLE "Personalities"). The same
 rules run in the sequencer (``state`` backed by the database, with the batch's
 own effects overlaid) and in the auditor's replay (``state`` entirely in
-memory), so both arrive at the same decisions.
+memory), so both arrive at the same decisions and the same projections.
+
+The state is a set of JSON documents addressed by ``(kind, key)`` — an
+actor, a prescription, a claim, a policy... Rules read them with
+:meth:`State.get` and change them only by returning :class:`Put` effects with
+the whole new document. The store writes each ``Put`` as one row of the
+``projections`` table (with a few indexed columns for queries); the replay
+keeps them in a dict. Dropping the table and replaying the records gives it
+back, row for row.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 ROLES = (
     "registrar",
@@ -23,39 +32,29 @@ ROLES = (
     "witness",
 )
 
-
-@dataclass(frozen=True)
-class KeyGrant:
-    """One key of an actor and when it may sign (RFC 3339 strings, end exclusive)."""
-
-    vkey: str
-    valid_from: str
-    valid_until: str | None = None
-    revoked_at: str | None = None
+Document = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class Actor:
-    actor_id: str
-    role: str
-    keys: tuple[KeyGrant, ...]
-    display_name: str = ""
-    licence: str | None = None
-    registered_seq: int = 0
+class Put:
+    """Set document ``(kind, key)`` to ``value``; the rest are query columns."""
 
-    def key(self, vkey: str) -> KeyGrant | None:
-        for grant in self.keys:
-            if grant.vkey == vkey:
-                return grant
-        return None
-
-
-@dataclass(frozen=True)
-class ActorRegistered:
-    actor: Actor
+    kind: str
+    key: str
+    value: Document
+    #: the patient pseudonym the document is about, if any
+    patient: str | None = None
+    #: the other party it belongs to (prescriber, pharmacy, insurer, data user)
+    party: str | None = None
+    #: a status to filter by (``active``, ``approved``, ``rejected``…)
+    status: str | None = None
+    #: space-separated codes to filter by (e.g. the rule codes of a decision)
+    tags: str | None = None
+    #: the seq of the record that wrote it
+    seq: int = -1
 
 
-Effect = ActorRegistered
+Effect = Put
 
 
 class State(Protocol):
@@ -66,7 +65,9 @@ class State(Protocol):
         """How many records the ledger holds before the statement being decided."""
         ...
 
-    def actor(self, actor_id: str) -> Actor | None: ...
+    def get(self, kind: str, key: str) -> Document | None:
+        """The document, or ``None``. Callers must not mutate it."""
+        ...
 
 
 @dataclass
@@ -80,34 +81,39 @@ class MemoryState:
 
     base: State | None = None
     records: int = 0
-    actors: dict[str, Actor] = field(default_factory=dict)
-    pending: list[Effect] = field(default_factory=list)
+    data: dict[tuple[str, str], Document | None] = field(default_factory=dict)
+    pending: list[Put] = field(default_factory=list)
+    #: the sequencer writes ``pending`` out; the replay does not need it
+    keep_pending: bool = True
+    #: the last Put per document, for comparing a replay with the projections
+    puts: dict[tuple[str, str], Put] = field(default_factory=dict)
+    keep_puts: bool = False
 
     @property
     def size(self) -> int:
         return self.records
 
-    def actor(self, actor_id: str) -> Actor | None:
-        found = self.actors.get(actor_id)
-        if found is None and self.base is not None:
-            found = self.base.actor(actor_id)
-            if found is not None:
-                self.actors[actor_id] = found
-        return found
+    def get(self, kind: str, key: str) -> Document | None:
+        address = (kind, key)
+        if address in self.data:
+            found = self.data[address]
+        elif self.base is not None:
+            found = self.data[address] = self.base.get(kind, key)
+        else:
+            return None
+        return copy.deepcopy(found) if found is not None else None
 
-    def apply(self, effects: list[Effect], *, record: bool = True) -> None:
-        """Apply the effects of one accepted statement (and count its record)."""
+    def apply(self, effects: list[Effect]) -> None:
+        """Apply the effects of one accepted statement and count its record."""
         for effect in effects:
-            if isinstance(effect, ActorRegistered):
-                self.actors[effect.actor.actor_id] = effect.actor
-            self.pending.append(effect)
-        if record:
-            self.records += 1
+            address = (effect.kind, effect.key)
+            self.data[address] = effect.value
+            if self.keep_pending:
+                self.pending.append(effect)
+            if self.keep_puts:
+                self.puts[address] = effect
+        self.records += 1
 
-    def take_pending(self) -> list[Effect]:
+    def take_pending(self) -> list[Put]:
         out, self.pending = self.pending, []
         return out
-
-
-def with_key(actor: Actor, grant: KeyGrant) -> Actor:
-    return replace(actor, keys=(*actor.keys, grant))

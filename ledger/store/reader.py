@@ -184,6 +184,7 @@ class LedgerReader:
                     payload=None if row.content is None else bytes(row.content),
                     payload_digest=None if row.digest is None else bytes(row.digest),
                     has_payload_row=row.payload_seq is not None,
+                    payloads_complete=True,
                     columns=_columns(row),
                 )
             if len(rows) < page:

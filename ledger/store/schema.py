@@ -82,23 +82,26 @@ checkpoints = Table(
     Column("note", Text, nullable=False),
 )
 
-#: projection: registered actors (rebuilt by replay)
-actors = Table(
-    "actors",
+#: projections: the current state derived from the records, as JSON documents
+#: addressed by (kind, key) — actors, prescriptions, dispenses, claims... —
+#: with a few columns to query by. Dropped and rebuilt by replay.
+projections = Table(
+    "projections",
     metadata,
-    Column("actor_id", String(128), primary_key=True),
-    Column("role", String(32), nullable=False),
-    Column("display_name", Text, nullable=False),
-    Column("licence", Text, nullable=True),
-    Column("registered_seq", BigInteger, nullable=False),
+    Column("kind", String(32), primary_key=True),
+    Column("key", String(300), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("patient", String(128), nullable=True),
+    Column("party", String(128), nullable=True),
+    Column("status", String(32), nullable=True),
+    Column("tags", Text, nullable=True),
+    Column("seq", BigInteger, nullable=False),
 )
-
-actor_keys = Table(
-    "actor_keys",
-    metadata,
-    Column("actor_id", String(128), ForeignKey("actors.actor_id"), primary_key=True),
-    Column("vkey", Text, primary_key=True),
-    Column("valid_from", String(32), nullable=False),
-    Column("valid_until", String(32), nullable=True),
-    Column("revoked_at", String(32), nullable=True),
+Index("ix_projections_patient", projections.c.kind, projections.c.patient, projections.c.seq)
+Index(
+    "ix_projections_party",
+    projections.c.kind,
+    projections.c.party,
+    projections.c.status,
+    projections.c.seq,
 )

@@ -25,6 +25,7 @@ transaction: every acknowledged record is covered by a signed checkpoint.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +44,7 @@ from ledger.core.record import GENESIS_PREV, Record, build_record_bytes
 from ledger.core.statement import (
     MAX_CLOCK_SKEW,
     SignedStatement,
+    Statement,
     format_time,
     now,
     parse_time,
@@ -50,11 +52,12 @@ from ledger.core.statement import (
 )
 from ledger.core.verify import head_extension
 from ledger.domain.rules import decide
-from ledger.domain.state import MemoryState
+from ledger.domain.state import MemoryState, State
 from ledger.store.db import WRITE, is_sqlite
 from ledger.store.schema import checkpoints, log_head, merkle_nodes, payloads, records
 from ledger.store.state import DbState, project
 
+log = logging.getLogger("rxledger.sequencer")
 MAX_BATCH = 1000
 MAX_PAYLOAD = 256 * 1024
 
@@ -103,6 +106,10 @@ class Receipt:
 
 Outcome = Receipt | RejectionError
 
+#: statements the service makes in answer to an accepted one, sequenced right
+#: after it in the same transaction (a settlement decision for a claim)
+Followup = Callable[[State, Statement, int], list[SignedStatement]]
+
 
 @dataclass
 class _Pending:
@@ -131,8 +138,10 @@ class Sequencer:
         origin: str,
         clock: Callable[[], datetime] = now,
         max_skew_seconds: float = MAX_CLOCK_SKEW.total_seconds(),
+        followup: Followup | None = None,
     ) -> None:
         self.engine = engine
+        self.followup = followup
         self.log_signer = log_signer
         self.origin = origin
         self.clock = clock
@@ -148,15 +157,7 @@ class Sequencer:
             raise RejectionError(
                 "bad-signature", f"statement signature does not verify under key {statement.key}"
             )
-        issued = parse_time(statement.issued_at, field="statement.issued_at")
-        skew = (issued - at).total_seconds()
-        if abs(skew) > self.max_skew:
-            direction = "ahead of" if skew > 0 else "behind"
-            raise RejectionError(
-                "clock-skew",
-                f"issued_at {statement.issued_at} is {abs(skew):.0f}s {direction} the ledger's "
-                f"clock ({format_time(at)}); at most {self.max_skew:.0f}s allowed",
-            )
+        self.check_skew(statement, at)
         committed = statement.body.get("payload_digest")
         payload = submission.payload
         if committed is None:
@@ -180,6 +181,18 @@ class Sequencer:
                 "payload-mismatch",
                 f"body.payload_digest: expected {actual} (SHA-256 of the payload), "
                 f"got {committed!r:.80}",
+            )
+
+    def check_skew(self, statement: Statement, at: datetime) -> None:
+        """Refuse a statement issued more than ``max_skew`` from the ledger's time ``at``."""
+        issued = parse_time(statement.issued_at, field="statement.issued_at")
+        skew = (issued - at).total_seconds()
+        if abs(skew) > self.max_skew:
+            direction = "ahead of" if skew > 0 else "behind"
+            raise RejectionError(
+                "clock-skew",
+                f"issued_at {statement.issued_at} is {abs(skew):.0f}s {direction} the ledger's "
+                f"clock ({format_time(at)}); at most {self.max_skew:.0f}s allowed",
             )
 
     # -- the append ----------------------------------------------------------------
@@ -208,7 +221,10 @@ class Sequencer:
         with self.engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
             head = self._lock_head(conn)
             self._find_replays(conn, pending, outcomes)
+            # The ledger's time never goes back; statements are checked against
+            # the time their records will carry, taken under the lock.
             received_at = max(format_time(self.clock()), head.last_received_at)
+            received = parse_time(received_at)
             state = MemoryState(base=DbState(conn, head.size), records=head.size)
             accepted: list[_Pending] = []
             for item in pending:
@@ -216,23 +232,24 @@ class Sequencer:
                     continue
                 if item.in_batch_of is not None:
                     continue
-                seq = head.size + len(accepted)
                 try:
-                    effects = decide(state, item.submission.signed.statement, seq=seq)
+                    self.check_skew(item.submission.signed.statement, received)
+                    self._decide(state, item, head.size + len(accepted))
                 except RejectionError as e:
                     outcomes[item.index] = e
                     if atomic:
                         break
                     continue
-                state.apply(effects)
                 accepted.append(item)
+                accepted.extend(self._followups(state, item, head.size + len(accepted)))
             if atomic and any(outcomes):
                 conn.rollback()
                 return _abort_all(outcomes)
             if accepted:
                 new_head = self._write(conn, head, accepted, received_at, state)
                 for item, receipt in zip(accepted, new_head, strict=True):
-                    outcomes[item.index] = receipt
+                    if item.index >= 0:
+                        outcomes[item.index] = receipt
 
         duplicates = [p for p in pending if p.duplicate_of is not None]
         if duplicates:
@@ -248,6 +265,28 @@ class Sequencer:
                 outcomes[item.index] = _as_duplicate(first) if isinstance(first, Receipt) else first
         assert all(o is not None for o in outcomes)
         return [o for o in outcomes if o is not None]
+
+    @staticmethod
+    def _decide(state: MemoryState, item: _Pending, seq: int) -> None:
+        submission = item.submission
+        effects = decide(state, submission.signed.statement, seq=seq, payload=submission.payload)
+        state.apply(effects)
+
+    def _followups(self, state: MemoryState, item: _Pending, next_seq: int) -> list[_Pending]:
+        """Statements made in answer to ``item``, decided at the seqs right after it."""
+        if self.followup is None:
+            return []
+        made: list[_Pending] = []
+        answers = self.followup(state, item.submission.signed.statement, next_seq - 1)
+        for signed in answers:
+            extra = _Pending(index=-1, submission=Submission(signed))
+            try:
+                self._decide(state, extra, next_seq + len(made))
+            except RejectionError:
+                log.exception("a follow-up statement was refused; the original stands alone")
+                continue
+            made.append(extra)
+        return made
 
     def _lock_head(self, conn: Connection) -> _Head:
         query = select(log_head.c.size, log_head.c.head_hash).where(log_head.c.id == 1)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, insert, select
+import json
+from collections.abc import Iterable
 
-from ledger.domain.state import Actor, ActorRegistered, Effect, KeyGrant
-from ledger.store.schema import actor_keys, actors
+from sqlalchemy import Connection, delete, insert, select, tuple_
+
+from ledger.domain.state import Document, Put
+from ledger.store.schema import projections
+
+
+def encode(value: Document) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class DbState:
@@ -19,57 +26,42 @@ class DbState:
     def size(self) -> int:
         return self._size
 
-    def actor(self, actor_id: str) -> Actor | None:
-        row = self._conn.execute(select(actors).where(actors.c.actor_id == actor_id)).first()
-        if row is None:
+    def get(self, kind: str, key: str) -> Document | None:
+        value = self._conn.execute(
+            select(projections.c.value).where(projections.c.kind == kind, projections.c.key == key)
+        ).scalar()
+        if value is None:
             return None
-        keys = self._conn.execute(
-            select(actor_keys)
-            .where(actor_keys.c.actor_id == actor_id)
-            .order_by(actor_keys.c.valid_from)
-        ).all()
-        return Actor(
-            actor_id=row.actor_id,
-            role=row.role,
-            keys=tuple(
-                KeyGrant(
-                    vkey=k.vkey,
-                    valid_from=k.valid_from,
-                    valid_until=k.valid_until,
-                    revoked_at=k.revoked_at,
-                )
-                for k in keys
-            ),
-            display_name=row.display_name,
-            licence=row.licence,
-            registered_seq=row.registered_seq,
+        document: Document = json.loads(value)
+        return document
+
+
+def project(connection: Connection, effects: Iterable[Put]) -> None:
+    """Write the effects of a batch to the projections table (last write wins)."""
+    last: dict[tuple[str, str], Put] = {}
+    for put in effects:
+        last[(put.kind, put.key)] = put
+    if not last:
+        return
+    addresses = list(last)
+    for start in range(0, len(addresses), 500):
+        chunk = addresses[start : start + 500]
+        connection.execute(
+            delete(projections).where(tuple_(projections.c.kind, projections.c.key).in_(chunk))
         )
-
-
-def project(connection: Connection, effects: list[Effect]) -> None:
-    """Write the effects of a batch to the projection tables, in order."""
-    for effect in effects:
-        if isinstance(effect, ActorRegistered):
-            actor = effect.actor
-            connection.execute(
-                insert(actors).values(
-                    actor_id=actor.actor_id,
-                    role=actor.role,
-                    display_name=actor.display_name,
-                    licence=actor.licence,
-                    registered_seq=actor.registered_seq,
-                )
-            )
-            connection.execute(
-                insert(actor_keys),
-                [
-                    {
-                        "actor_id": actor.actor_id,
-                        "vkey": k.vkey,
-                        "valid_from": k.valid_from,
-                        "valid_until": k.valid_until,
-                        "revoked_at": k.revoked_at,
-                    }
-                    for k in actor.keys
-                ],
-            )
+    connection.execute(
+        insert(projections),
+        [
+            {
+                "kind": p.kind,
+                "key": p.key,
+                "value": encode(p.value),
+                "patient": p.patient,
+                "party": p.party,
+                "status": p.status,
+                "tags": p.tags,
+                "seq": p.seq,
+            }
+            for p in last.values()
+        ],
+    )

@@ -62,27 +62,23 @@ def upgrade() -> None:
         sa.Column("note", sa.Text, nullable=False),
     )
     op.create_table(
-        "actors",
-        sa.Column("actor_id", sa.String(128), primary_key=True),
-        sa.Column("role", sa.String(32), nullable=False),
-        sa.Column("display_name", sa.Text, nullable=False),
-        sa.Column("licence", sa.Text, nullable=True),
-        sa.Column("registered_seq", sa.BigInteger, nullable=False),
+        "projections",
+        sa.Column("kind", sa.String(32), primary_key=True),
+        sa.Column("key", sa.String(300), primary_key=True),
+        sa.Column("value", sa.Text, nullable=False),
+        sa.Column("patient", sa.String(128), nullable=True),
+        sa.Column("party", sa.String(128), nullable=True),
+        sa.Column("status", sa.String(32), nullable=True),
+        sa.Column("tags", sa.Text, nullable=True),
+        sa.Column("seq", sa.BigInteger, nullable=False),
     )
-    op.create_table(
-        "actor_keys",
-        sa.Column("actor_id", sa.String(128), sa.ForeignKey("actors.actor_id"), primary_key=True),
-        sa.Column("vkey", sa.Text, primary_key=True),
-        sa.Column("valid_from", sa.String(32), nullable=False),
-        sa.Column("valid_until", sa.String(32), nullable=True),
-        sa.Column("revoked_at", sa.String(32), nullable=True),
-    )
+    op.create_index("ix_projections_patient", "projections", ["kind", "patient", "seq"])
+    op.create_index("ix_projections_party", "projections", ["kind", "party", "status", "seq"])
 
 
 def downgrade() -> None:
     for table in (
-        "actor_keys",
-        "actors",
+        "projections",
         "checkpoints",
         "merkle_nodes",
         "payloads",

@@ -1,0 +1,28 @@
+"""Payloads: what a record commits to but does not hold (ARCHITECTURE §5).
+
+A clinical payload is a JSON object with a random ``salt`` field, in its
+RFC 8785 canonical bytes. The statement's ``body.payload_digest`` is the hex
+SHA-256 of those bytes: because of the salt, the digest reveals nothing about
+a low-entropy plaintext (a drug code and a quantity cannot be guessed and
+checked against it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from ledger.core.canonical import canonicalize
+
+
+def payload_digest(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+def seal(content: Mapping[str, Any]) -> tuple[bytes, str]:
+    """Salt and canonicalize ``content``; return ``(payload bytes, hex digest)``."""
+    salted = {**content, "salt": secrets.token_hex(16)}
+    data = canonicalize(salted)
+    return data, payload_digest(data)
