@@ -249,6 +249,73 @@ def _error_json(error: LedgerError) -> dict[str, Any]:
 
 
 @main.group()
+def audit() -> None:
+    """Penetrating audit: follow a claim back to the prescriber, with proofs."""
+
+
+@audit.command("claim")
+@click.argument("claim_id")
+@db_option
+@click.option("--url", default=None, help="Audit through a ledger's HTTP API instead of --db.")
+@click.option(
+    "--log-key",
+    default=None,
+    help="The log's verifier key (default: the one stored in the database).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def audit_claim(
+    claim_id: str, database_url: str | None, url: str | None, log_key: str | None, as_json: bool
+) -> None:
+    """Print and check the trail settlement -> claim -> dispense -> prescription -> prescriber."""
+    from ledger.client import LedgerClient, check_trail  # noqa: PLC0415
+    from ledger.core.note import Verifier  # noqa: PLC0415
+
+    if url:
+        if not log_key:
+            raise Failure("--url needs --log-key: the log's public key is what you trust")
+        with LedgerClient(url) as client:
+            trail = client.get(f"/v1/claims/{claim_id}/trail")
+    else:
+        from ledger.service import claim_trail  # noqa: PLC0415
+        from ledger.store.reader import LedgerReader  # noqa: PLC0415
+
+        engine = make_engine(database_url or default_database_url())
+        try:
+            log_key = log_key or LedgerReader(engine).meta()["log_vkey"]
+            trail = claim_trail(engine, claim_id)
+        finally:
+            engine.dispose()
+    verifier = Verifier.from_vkey(log_key)
+    checkpoint = check_trail(trail, log_key=verifier, origin=verifier.name)
+    if as_json:
+        click.echo(json.dumps({"verified": True, **trail}, indent=2))
+        return
+    decision = trail.get("decision") or {}
+    click.echo(
+        f"claim {claim_id}: {trail['status']}"
+        + (
+            f", approved {decision.get('approved_amount')} of {decision.get('claimed_amount')}"
+            if decision
+            else ""
+        )
+    )
+    for rule in decision.get("rules", []):
+        if rule["result"] != "pass":
+            item = f" (item {rule['item']})" if "item" in rule else ""
+            ncpdp = f" NCPDP {rule['ncpdp']}" if rule.get("ncpdp") else ""
+            click.echo(f"  {rule['result']}: {rule['rule']}{item} -> {rule['code']}{ncpdp}")
+    for step in trail["steps"]:
+        click.echo(
+            f"  {step['step']:<24} seq {step['seq']:<8} {step['type']:<20} by "
+            f"{step['actor']:<16} {step['record_hash'][:16]}…  included"
+        )
+    click.echo(
+        f"every record is included in the checkpoint of size {checkpoint.size} "
+        f"signed by {verifier.name}"
+    )
+
+
+@main.group()
 def prove() -> None:
     """Make inclusion and consistency proofs."""
 

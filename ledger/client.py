@@ -24,10 +24,17 @@ from ledger.core import merkle
 from ledger.core.checkpoint import Checkpoint, open_checkpoint
 from ledger.core.errors import EncodingError, LedgerError, RejectionError, VerificationError
 from ledger.core.note import Verifier
-from ledger.core.record import build_record_bytes
+from ledger.core.record import Record, build_record_bytes
 from ledger.core.statement import SignedStatement, make_statement
 
-__all__ = ["LedgerClient", "RejectedError", "VerifiedReceipt", "check_receipt", "make_statement"]
+__all__ = [
+    "LedgerClient",
+    "RejectedError",
+    "VerifiedReceipt",
+    "check_receipt",
+    "check_trail",
+    "make_statement",
+]
 
 
 @dataclass(frozen=True)
@@ -186,3 +193,47 @@ class LedgerClient:
             raise EncodingError(
                 f"the ledger answered HTTP {response.status_code} with no JSON body"
             ) from e
+
+
+def check_trail(trail: dict[str, Any], *, log_key: Verifier, origin: str) -> Checkpoint:
+    """Check a claim's audit trail offline: every record in the signed checkpoint, and linked.
+
+    Each step's record bytes must hash to its ``record_hash`` and be included
+    in the checkpoint (signed by ``log_key``); and the steps must refer to
+    each other: the decision to the claim, the claim to the dispense, the
+    dispense to the prescription, the prescription to its prescriber.
+    """
+    checkpoint, _ = open_checkpoint(str(trail["checkpoint"]), origin=origin, verifier=log_key)
+    bodies: dict[str, dict[str, Any]] = {}
+    for step in trail["steps"]:
+        data = base64.b64decode(step["record_bytes"], validate=True)
+        if hashlib.sha256(data).hexdigest() != step["record_hash"]:
+            raise VerificationError(
+                f"trail step {step['step']}: record bytes do not match its hash"
+            )
+        hashes = [bytes.fromhex(h) for h in step["inclusion_proof"]]
+        merkle.verify_inclusion(
+            merkle.hash_leaf(data), int(step["seq"]), checkpoint.size, hashes, checkpoint.root_hash
+        )
+        bodies[step["step"]] = Record.from_bytes(data, expected_seq=int(step["seq"])).fields
+    for name in [s["step"] for s in trail["steps"]]:
+        if not _linked(name, bodies, str(trail["claim_id"])):
+            raise VerificationError(f"trail step {name} does not refer to the step after it")
+    return checkpoint
+
+
+def _linked(step: str, records: dict[str, dict[str, Any]], claim_id: str) -> bool:
+    """Does the record of ``step`` refer to the next step of the trail?"""
+    record = records[step]
+    body = record["body"]
+    claim = records["claim"]
+    if step in ("settlement", "claim"):
+        return bool(body["claim_id"] == claim_id)
+    if step == "dispense":
+        wanted = (claim["body"]["rx_id"], claim["body"]["fill_number"], claim["actor"])
+        return bool((body["rx_id"], body["fill_number"], record["actor"]) == wanted)
+    if step == "prescription":
+        return bool(body["rx_id"] == claim["body"]["rx_id"])
+    if step == "prescriber-registration":
+        return bool(body["actor"] == records["prescription"]["actor"])
+    return False

@@ -5,24 +5,39 @@ The API and the CLI are thin adapters over :class:`Ledger`.
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, insert, inspect, select
 
 from ledger.core.checkpoint import Checkpoint
-from ledger.core.errors import ConflictError, KeyFormatError, LedgerError, NotInitializedError
+from ledger.core.errors import (
+    ConflictError,
+    KeyFormatError,
+    LedgerError,
+    NotFoundError,
+    NotInitializedError,
+)
 from ledger.core.merkle import EMPTY_ROOT
 from ledger.core.note import Signer
-from ledger.core.statement import SignedStatement, Statement, instant, make_statement
+from ledger.core.statement import (
+    SignedStatement,
+    Statement,
+    format_time,
+    instant,
+    make_statement,
+    now,
+)
 from ledger.core.verify import head_extension
-from ledger.domain import settlement
+from ledger.domain import prescriptions, settlement
 from ledger.domain.registry import get_actor, key_valid_at
 from ledger.domain.state import State
 from ledger.store import migrate
 from ledger.store.db import home_dir, make_engine
-from ledger.store.reader import LedgerReader
+from ledger.store.reader import LedgerReader, ProjectionReader
 from ledger.store.schema import checkpoints, ledger_meta, log_head
 from ledger.store.sequencer import Receipt, Sequencer, Submission
 
@@ -253,3 +268,85 @@ class Ledger:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+TRAIL_STEPS = ("settlement", "claim", "dispense", "prescription", "prescriber-registration")
+
+
+def claim_trail(engine: Engine, claim_id: str) -> dict[str, Any]:
+    """Settlement -> claim -> dispense -> prescription -> prescriber registration.
+
+    Each step is the record itself (exact bytes, base64) with an inclusion
+    proof against the latest checkpoint, so the trail can be checked offline
+    with the log's public key (:func:`ledger.client.check_trail`).
+    """
+    views, reader = ProjectionReader(engine), LedgerReader(engine)
+    claim = views.get(settlement.CLAIM, claim_id)
+    if claim is None:
+        raise NotFoundError(f"no claim {claim_id!r}")
+    dispense = views.get(
+        prescriptions.DISPENSE, prescriptions.dispense_key(claim["rx_id"], claim["fill_number"])
+    )
+    rx = views.get(prescriptions.RX, claim["rx_id"])
+    if dispense is None or rx is None:
+        raise NotFoundError(f"claim {claim_id!r} refers to a dispense that is not recorded")
+    prescriber = views.get("actor", rx["prescriber"])
+    seqs: list[tuple[str, int]] = []
+    if claim.get("decision"):
+        seqs.append(("settlement", int(claim["decision"]["seq"])))
+    seqs += [
+        ("claim", int(claim["submitted_seq"])),
+        ("dispense", int(dispense["seq"])),
+        ("prescription", int(rx["issued_seq"])),
+    ]
+    if prescriber is not None:
+        seqs.append(("prescriber-registration", int(prescriber["registered_seq"])))
+    note = reader.latest_checkpoint()
+    size = int(note.split("\n")[1])
+    steps = []
+    for step, seq in seqs:
+        record = reader.record(seq)
+        steps.append(
+            {
+                "step": step,
+                "seq": seq,
+                "type": record.fields.get("type"),
+                "actor": record.fields.get("actor"),
+                "record_hash": record.hash.hex(),
+                "record_bytes": base64.b64encode(record.record_bytes).decode("ascii"),
+                "inclusion_proof": [h.hex() for h in reader.inclusion_proof(seq, size)],
+            }
+        )
+    return {
+        "claim_id": claim_id,
+        "status": claim["status"],
+        "decision": claim.get("decision"),
+        "tree_size": size,
+        "checkpoint": note,
+        "steps": steps,
+    }
+
+
+def prescription_view(engine: Engine, rx_id: str) -> dict[str, Any]:
+    """A prescription's current state (expiry computed now) and its history."""
+    reader = LedgerReader(engine)
+    rx = ProjectionReader(engine).get(prescriptions.RX, rx_id)
+    if rx is None:
+        raise NotFoundError(f"no prescription {rx_id!r}")
+    history = []
+    for seq in rx["history"]:
+        record = reader.record(seq)
+        history.append(
+            {
+                "seq": seq,
+                "type": record.fields.get("type"),
+                "actor": record.fields.get("actor"),
+                "issued_at": record.fields.get("issued_at"),
+                "received_at": record.received_at,
+                "record_hash": record.hash.hex(),
+            }
+        )
+    view = dict(rx)
+    view["status"] = prescriptions.status_at(rx, instant(format_time(now())))
+    view["history"] = history
+    return view

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete, insert
 
 from ledger.core import merkle
 from ledger.core.errors import CheckpointError, MerkleNodeError, RecordError, VerificationError
@@ -26,7 +26,11 @@ from ledger.core.note import Verifier
 from ledger.core.record import Record
 from ledger.core.verify import RecordItem, VerifyResult, verify_log
 from ledger.domain.replay import Replayer
+from ledger.store.db import WRITE
 from ledger.store.reader import LedgerReader
+from ledger.store.schema import projections
+from ledger.store.sequencer import lock_head
+from ledger.store.state import encode
 
 Progress = Callable[[int], None]
 
@@ -152,3 +156,40 @@ def verify_database(
             f"root {head.root_hash.hex()}"
         )
     return result
+
+
+Row = tuple[str, str, str, str | None, str | None, str | None, str | None, int]
+
+
+def replayed_projections(engine: Engine, *, registrar_key: str | None = None) -> list[Row]:
+    """The projection rows that replaying every record from scratch gives."""
+    reader = LedgerReader(engine)
+    replayer = Replayer(registrar_key=registrar_key, keep_puts=True)
+    for item in reader.iter_records():
+        record = Record.from_bytes(item.record_bytes)
+        replayer(record.seq, record.statement(), item.payload)
+    rows = [
+        (p.kind, p.key, encode(p.value), p.patient, p.party, p.status, p.tags, p.seq)
+        for p in replayer.state.puts.values()
+    ]
+    return sorted(rows)
+
+
+def rebuild_projections(engine: Engine) -> int:
+    """Drop the projections and write them again from the records; returns the row count.
+
+    Runs under the sequencer's lock, so no append interleaves.
+    """
+    rows = replayed_projections(engine)
+    with engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
+        lock_head(conn)
+        conn.execute(delete(projections))
+        for start in range(0, len(rows), 1000):
+            conn.execute(
+                insert(projections),
+                [dict(zip(_COLUMNS, row, strict=True)) for row in rows[start : start + 1000]],
+            )
+    return len(rows)
+
+
+_COLUMNS = ("kind", "key", "value", "patient", "party", "status", "tags", "seq")

@@ -6,6 +6,7 @@ cached in the process, so they are as fast right after a restart.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,15 @@ from ledger.core import merkle
 from ledger.core.errors import NotFoundError, NotInitializedError, RangeError
 from ledger.core.record import Record
 from ledger.core.verify import RecordItem
-from ledger.store.schema import checkpoints, ledger_meta, log_head, merkle_nodes, payloads, records
+from ledger.store.schema import (
+    checkpoints,
+    ledger_meta,
+    log_head,
+    merkle_nodes,
+    payloads,
+    projections,
+    records,
+)
 from ledger.store.sequencer import Receipt, fetch_nodes
 
 PAGE = 1000
@@ -241,3 +250,60 @@ def _columns(row: Any) -> dict[str, Any]:
         "type": row.type,
         "received_at": row.received_at,
     }
+
+
+class ProjectionReader:
+    """Queries over the projections (current state derived from the records)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def get(self, kind: str, key: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(projections.c.value).where(
+                    projections.c.kind == kind, projections.c.key == key
+                )
+            ).scalar()
+        return None if value is None else dict(json.loads(value))
+
+    def page(
+        self,
+        kind: str,
+        *,
+        patient: str | None = None,
+        party: str | None = None,
+        status: str | None = None,
+        tag: str | None = None,
+        before_seq: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Documents of ``kind`` matching the filters, newest first (by the seq that wrote them)."""
+        query = select(projections.c.value, projections.c.seq).where(projections.c.kind == kind)
+        if patient is not None:
+            query = query.where(projections.c.patient == patient)
+        if party is not None:
+            query = query.where(projections.c.party == party)
+        if status is not None:
+            query = query.where(projections.c.status == status)
+        if tag is not None:
+            query = query.where(
+                (" " + projections.c.tags + " ").contains(f" {tag} ", autoescape=True)
+            )
+        if before_seq is not None:
+            query = query.where(projections.c.seq < before_seq)
+        query = query.order_by(projections.c.seq.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [dict(json.loads(r.value), _seq=int(r.seq)) for r in rows]
+
+    def all_rows(
+        self,
+    ) -> list[tuple[str, str, str, str | None, str | None, str | None, str | None, int]]:
+        """Every projection row (kind, key, value, patient, party, status, tags, seq), sorted."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(projections).order_by(projections.c.kind, projections.c.key))
+            return [
+                (r.kind, r.key, r.value, r.patient, r.party, r.status, r.tags, int(r.seq))
+                for r in rows
+            ]

@@ -53,7 +53,7 @@ from ledger.core.statement import (
 from ledger.core.verify import head_extension
 from ledger.domain.rules import decide
 from ledger.domain.state import MemoryState, State
-from ledger.store.db import WRITE, is_sqlite
+from ledger.store.db import WRITE
 from ledger.store.schema import checkpoints, log_head, merkle_nodes, payloads, records
 from ledger.store.state import DbState, project
 
@@ -289,13 +289,7 @@ class Sequencer:
         return made
 
     def _lock_head(self, conn: Connection) -> _Head:
-        query = select(log_head.c.size, log_head.c.head_hash).where(log_head.c.id == 1)
-        if not is_sqlite(self.engine):
-            query = query.with_for_update()
-        row = conn.execute(query).first()
-        if row is None:
-            raise NotInitializedError("the database holds no ledger: run `rxledger init` first")
-        size, head_hash = int(row.size), bytes(row.head_hash)
+        size, head_hash = lock_head(conn)
         last = ""
         if size:
             last = conn.execute(
@@ -428,6 +422,21 @@ class Sequencer:
             )
             for offset in range(len(accepted))
         ]
+
+
+def lock_head(conn: Connection) -> tuple[int, bytes]:
+    """Take the log's write lock in this transaction; return ``(size, head hash)``.
+
+    PostgreSQL: a row lock on the one ``log_head`` row. SQLite: the
+    transaction was begun with ``BEGIN IMMEDIATE`` (the ``WRITE`` option).
+    """
+    query = select(log_head.c.size, log_head.c.head_hash).where(log_head.c.id == 1)
+    if conn.dialect.name != "sqlite":
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise NotInitializedError("the database holds no ledger: run `rxledger init` first")
+    return int(row.size), bytes(row.head_hash)
 
 
 def fetch_nodes(conn: Connection, wanted: Sequence[merkle.NodeId]) -> dict[merkle.NodeId, bytes]:
