@@ -55,7 +55,7 @@ NCPDP = {
     "duplicate-claim": "83",
     "rx-not-valid": "",
     "trace-code-settled": "",
-    "price-capped": "",
+    "price-capped": "78",
 }
 OUTCOMES = ("approved", "partially-approved", "rejected")
 
