@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.core.errors import LedgerError, MerkleNodeError, RecordError, VerificationError
 from ledger.core.note import Signer
-from ledger.store.db import default_database_url, make_engine
+from ledger.store.db import default_database_url, make_engine, normalize_url
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -56,6 +58,23 @@ class LedgerGroup(click.Group):
             raise Failure(f"database error: {first}") from None
         except OSError as e:
             raise Failure(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
+
+
+def open_existing(database_url: str | None) -> Engine:
+    """An engine on a database that must already hold a ledger (never creates one)."""
+    from ledger.service import is_initialized  # noqa: PLC0415
+
+    url = normalize_url(database_url or default_database_url())
+    parsed = make_url(url)
+    database = parsed.database or ""
+    is_file = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+    if is_file and not Path(database).exists():
+        raise Failure(f"no database at {database}: run `rxledger init` first")
+    engine = make_engine(url)
+    if not is_initialized(engine):
+        engine.dispose()
+        raise Failure("the database holds no ledger: run `rxledger init` first")
+    return engine
 
 
 db_option = click.option(
@@ -203,7 +222,7 @@ def verify(
     from ledger.store.audit import verify_database  # noqa: PLC0415
     from ledger.store.reader import LedgerReader  # noqa: PLC0415
 
-    engine = make_engine(database_url or default_database_url())
+    engine = open_existing(database_url)
     try:
         total = LedgerReader(engine).head().size
         progress = _Progress(total, enabled=not as_json and sys.stderr.isatty())
@@ -279,7 +298,7 @@ def audit_claim(
         from ledger.service import claim_trail  # noqa: PLC0415
         from ledger.store.reader import LedgerReader  # noqa: PLC0415
 
-        engine = make_engine(database_url or default_database_url())
+        engine = open_existing(database_url)
         try:
             log_key = log_key or LedgerReader(engine).meta()["log_vkey"]
             trail = claim_trail(engine, claim_id)
@@ -333,7 +352,7 @@ def prove_inclusion(database_url: str | None, seq: int, tree_size: int | None) -
     """Print an inclusion proof for record SEQ as JSON."""
     from ledger.store.reader import LedgerReader  # noqa: PLC0415
 
-    engine = make_engine(database_url or default_database_url())
+    engine = open_existing(database_url)
     try:
         reader = LedgerReader(engine)
         note = reader.latest_checkpoint() if tree_size is None else reader.checkpoint(tree_size)
@@ -370,7 +389,7 @@ def prove_consistency(database_url: str | None, first: int, second: int | None) 
     """Print a consistency proof between two tree sizes as JSON."""
     from ledger.store.reader import LedgerReader  # noqa: PLC0415
 
-    engine = make_engine(database_url or default_database_url())
+    engine = open_existing(database_url)
     try:
         reader = LedgerReader(engine)
         second_note = reader.latest_checkpoint() if second is None else reader.checkpoint(second)

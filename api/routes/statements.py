@@ -111,11 +111,18 @@ async def submit(request: Request, ledger: LedgerDep, settings: SettingsDep) -> 
                     )
                 )
             except LedgerError as e:
-                if atomic:
-                    raise
                 parsed.append(e)
         good = [p for p in parsed if isinstance(p, Submission)]
-        outcomes = iter(await run_in_threadpool(ledger.append, good, atomic=atomic))
+        if atomic and len(good) < len(parsed):
+            aborted = RejectionError(
+                "batch-aborted",
+                "not recorded: another statement in this all-or-nothing batch was refused",
+            )
+            parsed = [aborted if isinstance(p, Submission) else p for p in parsed]
+            good = []
+        outcomes = iter(
+            await run_in_threadpool(ledger.append, good, atomic=atomic) if good else []
+        )
         results = [result_for(p if isinstance(p, LedgerError) else next(outcomes)) for p in parsed]
         accepted = sum(1 for r in results if r["status"] == "accepted")
         return JSONResponse(

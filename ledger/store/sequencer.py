@@ -149,15 +149,19 @@ class Sequencer:
 
     # -- checks that need no lock ------------------------------------------------
 
-    def precheck(self, submission: Submission, at: datetime) -> None:
-        """Signature, clock and payload checks; raises :class:`RejectionError`."""
+    def precheck(self, submission: Submission) -> None:
+        """Signature and payload checks, before the lock; raises :class:`RejectionError`.
+
+        The clock window is checked under the lock, against the time the record
+        will carry, and only for statements not already recorded (an identical
+        retry, however late, gets its original receipt).
+        """
         signed = submission.signed
         statement = signed.statement
         if not verifier_for(statement.key).verify(signed.signed_bytes, signed.signature):
             raise RejectionError(
                 "bad-signature", f"statement signature does not verify under key {statement.key}"
             )
-        self.check_skew(statement, at)
         committed = statement.body.get("payload_digest")
         payload = submission.payload
         if committed is None:
@@ -206,11 +210,10 @@ class Sequencer:
                 "batch-too-large", f"a batch holds at most {MAX_BATCH} statements, got {len(batch)}"
             )
         outcomes: list[Outcome | None] = [None] * len(batch)
-        checked_at = self.clock()
         pending: list[_Pending] = []
         for i, submission in enumerate(batch):
             try:
-                self.precheck(submission, checked_at)
+                self.precheck(submission)
             except RejectionError as e:
                 outcomes[i] = e
             else:
