@@ -224,7 +224,7 @@ def verify(
 
     engine = open_existing(database_url)
     try:
-        total = LedgerReader(engine).head().size
+        total = LedgerReader(engine).count_records()
         progress = _Progress(total, enabled=not as_json and sys.stderr.isatty())
         try:
             result = verify_database(
@@ -265,6 +265,111 @@ def _error_json(error: LedgerError) -> dict[str, Any]:
         out["seq"] = error.first_seq
         out["node"] = {"level": error.level, "index": error.index}
     return out
+
+
+@main.command()
+@db_option
+@click.option(
+    "--prescriptions",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="How many prescriptions to issue.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="The world's random seed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def demo(database_url: str | None, prescriptions: int, seed: int, as_json: bool) -> None:
+    """Fill a ledger with a realistic synthetic world: prescriptions, dispenses, claims.
+
+    Initializes the ledger first when the database holds none (keys in
+    RXLEDGER_HOME/keys). The insurers' settlement keys are written to the
+    settlement key directory, so that `rxledger serve` decides their claims too.
+    """
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    from ledger.demo import run_demo  # noqa: PLC0415
+    from ledger.service import (  # noqa: PLC0415
+        REGISTRAR_KEY_FILE,
+        Ledger,
+        default_settlement_key_dir,
+        init_ledger,
+        is_initialized,
+        read_key_file,
+    )
+    from ledger.store.db import home_dir  # noqa: PLC0415
+
+    url = database_url or default_database_url()
+    key_dir = home_dir() / "keys"
+    engine = make_engine(url)
+    try:
+        initialized = is_initialized(engine)
+    finally:
+        engine.dispose()
+    if not initialized:
+        init_ledger(url, key_dir=key_dir)
+    registrar_file = key_dir / REGISTRAR_KEY_FILE
+    if not registrar_file.is_file():
+        raise Failure(
+            f"the demo signs registrations as the registrar, but {registrar_file} does not exist"
+        )
+    registrar = read_key_file(registrar_file)
+    settlement_dir = default_settlement_key_dir()
+    ledger = Ledger.open(url, settlement_key_dir=settlement_dir)
+    try:
+        if registrar.vkey != ledger.registrar_vkey:
+            raise Failure(f"{registrar_file} holds another key than this ledger's registrar")
+        on_terminal = not as_json and sys.stderr.isatty()
+        started = time.perf_counter()
+
+        def progress(done: int, total: int) -> None:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            filled = 30 * done // total
+            click.echo(
+                f"\rdemo [{'#' * filled}{'-' * (30 - filled)}] {done}/{total} prescriptions "
+                f"{rate:,.0f}/s ",
+                nl=False,
+                err=True,
+            )
+
+        report = run_demo(
+            ledger,
+            registrar,
+            prescriptions=prescriptions,
+            seed=seed,
+            key_dir=settlement_dir,
+            progress=progress if on_terminal else None,
+        )
+        if on_terminal:
+            click.echo("", err=True)
+    finally:
+        ledger.close()
+    shown_url = make_url(url).render_as_string(hide_password=True)
+    if as_json:
+        click.echo(json.dumps({"database_url": shown_url, **report.to_json()}, indent=2))
+        return
+    decided = max(report.decisions, 1)
+    click.echo(
+        f"demo: {report.prescriptions} prescriptions (seed {seed}), "
+        f"{report.records_written} records in {report.seconds:.1f}s "
+        f"({report.records_per_second:,.0f} records/s); tree size {report.tree_size}"
+    )
+    click.echo(
+        f"statements: {report.statements_accepted} accepted, {report.statements_refused} refused"
+    )
+    for code, count in report.refused_by_code.items():
+        click.echo(f"  refused {code:<26} {count}")
+    click.echo(f"decisions: {report.decisions}")
+    for outcome, count in report.decisions_by_outcome.items():
+        click.echo(f"  {outcome:<34} {count:>6}  {100 * count / decided:5.1f}%")
+    for code, count in report.failed_rules_by_code.items():
+        click.echo(f"  rule {code:<29} {count:>6}")
+    for path in report.settlement_key_files:
+        click.echo(f"settlement key written (mode 0600): {path}")
+    if report.unexpected:
+        click.echo(f"unexpected outcomes: {report.unexpected}", err=True)
+    click.echo("audit an example claim:")
+    for outcome, claim_id in report.example_claims.items():
+        click.echo(f"  {outcome:<19} rxledger audit claim {claim_id} --db {shown_url}")
 
 
 @main.group()

@@ -83,10 +83,10 @@ class InitResult:
 
 
 def is_initialized(engine: Engine) -> bool:
-    if not inspect(engine).has_table("log_head"):
+    if not inspect(engine).has_table("ledger_meta"):
         return False
     with engine.connect() as conn:
-        return conn.execute(select(log_head.c.size)).first() is not None
+        return conn.execute(select(ledger_meta.c.value)).first() is not None
 
 
 def init_ledger(

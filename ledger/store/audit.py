@@ -21,7 +21,13 @@ from collections.abc import Callable, Iterator
 from sqlalchemy import Engine, delete, insert
 
 from ledger.core import merkle
-from ledger.core.errors import CheckpointError, MerkleNodeError, RecordError, VerificationError
+from ledger.core.errors import (
+    CheckpointError,
+    MerkleNodeError,
+    NotInitializedError,
+    RecordError,
+    VerificationError,
+)
 from ledger.core.note import Verifier
 from ledger.core.record import Record
 from ledger.core.verify import RecordItem, VerifyResult, verify_log
@@ -148,7 +154,12 @@ def verify_database(
         on_node=nodes,
     )
     nodes.finish()
-    head = reader.head()
+    try:
+        head = reader.head()
+    except NotInitializedError as e:  # the metadata and records are there: tampering
+        raise VerificationError(
+            f"log_head row: missing, but the log holds {result.size} records"
+        ) from e
     if (head.size, head.head_hash, head.root_hash) != (result.size, result.head, result.root):
         raise VerificationError(
             f"log_head row: expected size {result.size}, head {result.head.hex()}, root "
