@@ -24,8 +24,10 @@ transaction: every acknowledged record is covered by a signed checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,7 +55,7 @@ from ledger.core.statement import (
 from ledger.core.verify import head_extension
 from ledger.domain.rules import decide
 from ledger.domain.state import MemoryState, State
-from ledger.store.db import WRITE
+from ledger.store.db import WRITE, is_sqlite
 from ledger.store.schema import checkpoints, log_head, merkle_nodes, payloads, records
 from ledger.store.state import DbState, project
 
@@ -142,6 +144,9 @@ class Sequencer:
     ) -> None:
         self.engine = engine
         self.followup = followup
+        # SQLite's busy handler polls with back-off, which starves some writers;
+        # writers of this process queue on a lock before BEGIN IMMEDIATE instead.
+        self._queue = threading.Lock() if is_sqlite(engine) else contextlib.nullcontext()
         self.log_signer = log_signer
         self.origin = origin
         self.clock = clock
@@ -221,7 +226,11 @@ class Sequencer:
         if atomic and any(outcomes):
             return _abort_all(outcomes)
 
-        with self.engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
+        with (
+            self._queue,
+            self.engine.connect().execution_options(**{WRITE: True}) as conn,
+            conn.begin(),
+        ):
             head = self._lock_head(conn)
             self._find_replays(conn, pending, outcomes)
             # The ledger's time never goes back; statements are checked against
