@@ -195,45 +195,80 @@ class LedgerClient:
             ) from e
 
 
-def check_trail(trail: dict[str, Any], *, log_key: Verifier, origin: str) -> Checkpoint:
-    """Check a claim's audit trail offline: every record in the signed checkpoint, and linked.
+#: the steps of a claim's trail, in order, and the statement type of each
+TRAIL: tuple[tuple[str, str], ...] = (
+    ("settlement", "settlement.decision"),
+    ("claim", "claim.submit"),
+    ("dispense", "rx.dispense"),
+    ("prescription", "rx.issue"),
+    ("prescriber-registration", "actor.register"),
+)
 
-    Each step's record bytes must hash to its ``record_hash`` and be included
-    in the checkpoint (signed by ``log_key``); and the steps must refer to
-    each other: the decision to the claim, the claim to the dispense, the
-    dispense to the prescription, the prescription to its prescriber.
+
+def check_trail(trail: dict[str, Any], *, log_key: Verifier, origin: str) -> Checkpoint:
+    """Check a claim's audit trail offline; return the checkpoint it is checked against.
+
+    Every step must be there, in order, be a record of the right type,
+    hash to its ``record_hash`` and be included in the checkpoint signed by
+    ``log_key``; each step must refer to the next (the decision to the claim,
+    the claim to the dispense and its pharmacy, the dispense to the
+    prescription, the prescription to its prescriber's registration); and
+    the summary (``status``, ``decision``) must be what the records say.
     """
+    try:
+        return _check_trail(trail, log_key=log_key, origin=origin)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise VerificationError(f"trail is malformed: {type(e).__name__}: {e}") from e
+
+
+def _check_trail(trail: dict[str, Any], *, log_key: Verifier, origin: str) -> Checkpoint:
     checkpoint, _ = open_checkpoint(str(trail["checkpoint"]), origin=origin, verifier=log_key)
-    bodies: dict[str, dict[str, Any]] = {}
-    for step in trail["steps"]:
+    decision = trail["decision"]
+    wanted = [(name, kind) for name, kind in TRAIL if name != "settlement" or decision]
+    steps = trail["steps"]
+    if [s["step"] for s in steps] != [name for name, _ in wanted]:
+        raise VerificationError(
+            f"trail steps: expected {', '.join(n for n, _ in wanted)}; "
+            f"got {', '.join(str(s.get('step')) for s in steps)}"
+        )
+    records: dict[str, dict[str, Any]] = {}
+    for step, (name, kind) in zip(steps, wanted, strict=True):
         data = base64.b64decode(step["record_bytes"], validate=True)
         if hashlib.sha256(data).hexdigest() != step["record_hash"]:
-            raise VerificationError(
-                f"trail step {step['step']}: record bytes do not match its hash"
-            )
+            raise VerificationError(f"trail step {name}: record bytes do not match record_hash")
         hashes = [bytes.fromhex(h) for h in step["inclusion_proof"]]
         merkle.verify_inclusion(
             merkle.hash_leaf(data), int(step["seq"]), checkpoint.size, hashes, checkpoint.root_hash
         )
-        bodies[step["step"]] = Record.from_bytes(data, expected_seq=int(step["seq"])).fields
-    for name in [s["step"] for s in trail["steps"]]:
-        if not _linked(name, bodies, str(trail["claim_id"])):
-            raise VerificationError(f"trail step {name} does not refer to the step after it")
-    return checkpoint
-
-
-def _linked(step: str, records: dict[str, dict[str, Any]], claim_id: str) -> bool:
-    """Does the record of ``step`` refer to the next step of the trail?"""
-    record = records[step]
-    body = record["body"]
+        fields = Record.from_bytes(data, expected_seq=int(step["seq"])).fields
+        if fields["type"] != kind:
+            raise VerificationError(f"trail step {name}: expected a {kind}, got {fields['type']}")
+        records[name] = fields
     claim = records["claim"]
-    if step in ("settlement", "claim"):
-        return bool(body["claim_id"] == claim_id)
-    if step == "dispense":
-        wanted = (claim["body"]["rx_id"], claim["body"]["fill_number"], claim["actor"])
-        return bool((body["rx_id"], body["fill_number"], record["actor"]) == wanted)
-    if step == "prescription":
-        return bool(body["rx_id"] == claim["body"]["rx_id"])
-    if step == "prescriber-registration":
-        return bool(body["actor"] == records["prescription"]["actor"])
-    return False
+    links = {
+        "claim": claim["body"]["claim_id"] == trail["claim_id"],
+        "dispense": (
+            records["dispense"]["body"]["rx_id"],
+            records["dispense"]["body"]["fill_number"],
+            records["dispense"]["actor"],
+        )
+        == (claim["body"]["rx_id"], claim["body"]["fill_number"], claim["actor"]),
+        "prescription": records["prescription"]["body"]["rx_id"] == claim["body"]["rx_id"],
+        "prescriber-registration": records["prescriber-registration"]["body"]["actor"]
+        == records["prescription"]["actor"],
+    }
+    if decision:
+        recorded = records["settlement"]["body"]
+        summary = {k: v for k, v in decision.items() if k != "seq"}
+        links["settlement"] = (
+            recorded == summary
+            and recorded["claim_id"] == trail["claim_id"]
+            and int(decision["seq"]) == int(steps[0]["seq"])
+            and trail["status"] == recorded["outcome"]
+        )
+    else:
+        links["settlement"] = trail["status"] == "pending"
+    for name, holds in links.items():
+        if not holds:
+            raise VerificationError(f"trail step {name} does not agree with the records")
+    return checkpoint

@@ -19,7 +19,7 @@ from ledger.service import claim_trail, prescription_view
 from ledger.store.reader import ProjectionReader
 
 router = APIRouter()
-Id = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
+Id = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
 Limit = Annotated[int, Query(ge=1, le=500)]
 Before = Annotated[int | None, Query(ge=0, le=2**62)]
 

@@ -120,9 +120,7 @@ async def submit(request: Request, ledger: LedgerDep, settings: SettingsDep) -> 
             )
             parsed = [aborted if isinstance(p, Submission) else p for p in parsed]
             good = []
-        outcomes = iter(
-            await run_in_threadpool(ledger.append, good, atomic=atomic) if good else []
-        )
+        outcomes = iter(await run_in_threadpool(ledger.append, good, atomic=atomic) if good else [])
         results = [result_for(p if isinstance(p, LedgerError) else next(outcomes)) for p in parsed]
         accepted = sum(1 for r in results if r["status"] == "accepted")
         return JSONResponse(

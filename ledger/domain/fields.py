@@ -13,7 +13,7 @@ from typing import Any
 from ledger.core.errors import EncodingError, RejectionError
 from ledger.core.statement import instant, parse_time
 
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 _TRACE_RE = re.compile(r"\d{20}")
@@ -61,7 +61,7 @@ def id_field(obj: Mapping[str, Any], name: str, where: str, *, optional: bool = 
     if value is None and optional:
         return ""
     if not isinstance(value, str) or not _ID_RE.fullmatch(value):
-        raise malformed(f"{where}.{name}", "expected an id of 1-128 of [A-Za-z0-9._:/-]")
+        raise malformed(f"{where}.{name}", "expected an id of 1-128 of [A-Za-z0-9._:-]")
     return value
 
 

@@ -89,14 +89,19 @@ def decide_issue(
     clinical = require_payload(payload, statement)
     f.only(clinical, {"salt", "items", "diagnosis_codes", "controlled_class", "notes"}, "payload")
     items = []
+    drugs: set[str] = set()
     for i, raw in enumerate(f.list_field(clinical, "items", "payload", min_len=1, max_len=20)):
         where = f"payload.items[{i}]"
         if not isinstance(raw, dict):
             raise f.malformed(where, "expected an object")
         f.only(raw, {"drug_code", "drug_name", "quantity", "unit", "days_supply", "dose"}, where)
+        drug = f.code_field(raw, "drug_code", where)
+        if drug in drugs:  # limits are per drug: one item per drug keeps them honest
+            raise f.malformed(f"{where}.drug_code", f"{drug} is listed twice; list it once")
+        drugs.add(drug)
         items.append(
             {
-                "drug_code": f.code_field(raw, "drug_code", where),
+                "drug_code": drug,
                 "quantity": f.int_field(raw, "quantity", where, minimum=1, maximum=100_000),
                 "unit": f.str_field(raw, "unit", where, max_len=32),
                 "days_supply": f.int_field(raw, "days_supply", where, minimum=1, maximum=365),
@@ -166,12 +171,8 @@ def decide_dispense(state: State, statement: Statement, payload: Any, *, seq: in
             raise RejectionError("unknown-insurer", f"{insurer!r} is not a registered insurer")
     clinical = require_payload(payload, statement)
     f.only(clinical, {"salt", "items"}, "payload")
+    # A prescription whose last fill is done is ``completed``: active_rx refuses it.
     rx = active_rx(state, rx_id, statement.issued_at)
-    if rx["fills_done"] >= rx["fills_allowed"]:
-        raise RejectionError(
-            "no-fills-left",
-            f"prescription {rx_id!r} allows {rx['fills_allowed']} fill(s), all used",
-        )
     if fill != rx["fills_done"] + 1:
         raise RejectionError(
             "fill-out-of-order", f"fill_number: expected {rx['fills_done'] + 1}, got {fill}"

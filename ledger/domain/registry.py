@@ -194,13 +194,21 @@ def decide_register(state: State, statement: Statement, *, seq: int) -> list[Eff
     return [_put(actor, seq)]
 
 
-def _actor_for_change(state: State, statement: Statement, actor_id: str) -> Document:
-    """The target actor of a key change, when the signer may change it."""
+def _actor_for_change(
+    state: State, statement: Statement, actor_id: str, *, purpose: str = "general"
+) -> Document:
+    """The target actor of a key change, when the signer may change it.
+
+    ``purpose`` is the purpose of the key an actor signs its own change with
+    (rotating a settlement key is signed by that settlement key).
+    """
     target = get_actor(state, actor_id)
     if target is None:
         raise RejectionError("unknown-actor", f"actor {actor_id!r} is not registered")
-    roles = frozenset(ROLES) if statement.actor == actor_id else frozenset({REGISTRAR})
-    authorize(state, statement, allowed_roles=roles)
+    if statement.actor == actor_id:
+        authorize(state, statement, allowed_roles=frozenset(ROLES), purpose=purpose)
+    else:
+        authorize(state, statement, allowed_roles=frozenset({REGISTRAR}))
     return target
 
 
@@ -238,8 +246,11 @@ def decide_rotate_key(state: State, statement: Statement, *, seq: int) -> list[E
     body = dict(statement.body)
     f.only(body, {"actor", "old_key", "new_key"}, "body")
     actor_id = f.id_field(body, "actor", "body")
-    actor = _actor_for_change(state, statement, actor_id)
     old_key = f.str_field(body, "old_key", "body", max_len=300)
+    target = get_actor(state, actor_id)
+    old_grant = key_grant(target, old_key) if target is not None else None
+    purpose = old_grant.get("purpose", "general") if old_grant is not None else "general"
+    actor = _actor_for_change(state, statement, actor_id, purpose=purpose)
     new_key = _vkey_for(body, "new_key", actor_id, "body")
     if statement.actor == actor_id and statement.key != old_key:
         raise RejectionError(

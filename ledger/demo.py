@@ -1,0 +1,1014 @@
+"""``rxledger demo``: a realistic synthetic world run through a real ledger.
+
+:func:`run_demo` registers prescribers (some licensed for controlled drug
+classes), pharmacies and two or three insurers, each with a published policy
+and a settlement key that it hands to the service; enrols pseudonymous
+patients (a few are not covered); then issues N prescriptions, dispenses them
+in one or more fills with 20-digit traceability codes, and claims most of
+them. The service decides every claim as it is sequenced.
+
+A share of the world goes wrong on purpose, so that every rule is exercised
+(the categories and their codes are in ``docs/demo.md``): refused statements
+(``over-quantity``, ``trace-code-used-up``, ``rx-cancelled``, ``rx-rejected``,
+``rx-expired``, ``prescriber-not-licensed``) and decisions that fail a rule
+(``refill-too-soon``, ``not-in-formulary``, ``not-covered``,
+``duplicate-claim``, ``price-capped``, ``quantity-limit``,
+``days-supply-limit``, ``controlled-not-covered``).
+
+The world is a function of the seed and of the ledger's size when the run
+starts (which goes into every id, so that runs on one ledger never collide):
+the same seed on a fresh ledger gives the same actors, patients, drugs,
+quantities, prices, traceability codes and outcomes. Keys, nonces and payload
+salts stay random, as they must.
+
+Time cannot be simulated: the ledger refuses statements more than five
+minutes off its clock, so every dispense of a run happens within minutes of
+every other. Consequently a second paid fill of the same drug for the same
+patient is always "too soon"; the demo uses that for its refill-too-soon
+cases and otherwise gives each patient a drug only once. Expiry is modelled
+with prescriptions valid for one second, whose dispense is attempted at the
+end of the run.
+
+Patients appear only as pseudonyms (``P-`` and 16 hex digits); drug names,
+doses and diagnosis codes appear only in the salted clinical payloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from ledger.core.errors import LedgerError
+from ledger.core.note import Signer
+from ledger.core.payload import seal
+from ledger.core.statement import format_time, make_statement, now
+from ledger.domain.settlement import CLAIM, OUTCOMES
+from ledger.service import Ledger, write_key_file
+from ledger.store.schema import projections
+from ledger.store.sequencer import MAX_BATCH, Receipt, Submission
+
+Progress = Callable[[int, int], None]
+
+
+# -- the world's fixed parts ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Drug:
+    """A product in the catalogue: what a prescription names and a pharmacy sells."""
+
+    code: str  # ATC code: public (it is in the formularies)
+    name: str  # only ever in a clinical payload
+    unit: str
+    pack_size: int
+    unit_price: int  # typical price per unit, in fen
+    quantity: int  # a typical prescribed quantity
+    days_supply: int
+    dose: str
+    diagnosis: str  # ICD-10
+    controlled: str | None = None  # a controlled class (registry.CONTROLLED_CLASSES)
+
+    @property
+    def listed(self) -> bool:
+        """On the formularies (else a "lifestyle" drug no insurer covers)."""
+        return self.code not in UNLISTED
+
+
+PSY2, NARC = "psychotropic-2", "narcotic"
+CATALOGUE: tuple[Drug, ...] = (
+    Drug("C08CA01", "Amlodipine 5 mg tablet", "tablet", 28, 35, 28, 28, "1 daily", "I10"),
+    Drug("C09AA05", "Ramipril 5 mg capsule", "capsule", 28, 48, 28, 28, "1 daily", "I10"),
+    Drug("C09CA01", "Losartan 50 mg tablet", "tablet", 30, 62, 30, 30, "1 daily", "I10"),
+    Drug("C07AB07", "Bisoprolol 5 mg tablet", "tablet", 30, 40, 30, 30, "1 daily", "I48"),
+    Drug("C10AA05", "Atorvastatin 20 mg tablet", "tablet", 28, 85, 28, 28, "1 at night", "E78.5"),
+    Drug("A10BA02", "Metformin 500 mg tablet", "tablet", 60, 12, 60, 30, "1 twice daily", "E11"),
+    Drug("H03AA01", "Levothyroxine 50 mcg tablet", "tablet", 100, 9, 30, 30, "1 daily", "E03.9"),
+    Drug("A02BC01", "Omeprazole 20 mg capsule", "capsule", 14, 55, 28, 28, "1 daily", "K21.9"),
+    Drug("B01AC06", "Aspirin 100 mg tablet", "tablet", 30, 8, 30, 30, "1 daily", "I25.1"),
+    Drug("C03CA01", "Furosemide 40 mg tablet", "tablet", 28, 15, 28, 28, "1 morning", "I50.0"),
+    Drug("N06AB06", "Sertraline 50 mg tablet", "tablet", 28, 120, 28, 28, "1 daily", "F32.1"),
+    Drug("R06AE07", "Cetirizine 10 mg tablet", "tablet", 10, 30, 10, 10, "1 daily", "J30.4"),
+    Drug("M01AE01", "Ibuprofen 400 mg tablet", "tablet", 24, 18, 24, 8, "1 three times", "M54.5"),
+    Drug("N02BE01", "Paracetamol 500 mg tablet", "tablet", 20, 6, 20, 5, "2 four times", "R52"),
+    Drug("J01CA04", "Amoxicillin 500 mg capsule", "capsule", 21, 40, 21, 7, "1 every 8 h", "J02.9"),
+    Drug("J01FA10", "Azithromycin 250 mg tablet", "tablet", 6, 210, 6, 5, "2 then 1", "J18.9"),
+    Drug("R03AC02", "Salbutamol 100 mcg inhaler", "inhaler", 1, 2800, 1, 30, "2 puffs prn", "J45"),
+    Drug("R03BA02", "Budesonide 200 mcg inhaler", "inhaler", 1, 9500, 1, 30, "1 twice", "J45"),
+    Drug("A10AE04", "Insulin glargine 100 U/ml pen", "pen", 5, 6400, 5, 30, "20 U night", "E10"),
+    Drug("C01AA05", "Digoxin 250 mcg tablet", "tablet", 28, 22, 28, 28, "1 daily", "I48"),
+    Drug("N05BA01", "Diazepam 5 mg tablet", "tablet", 14, 25, 14, 7, "1 at night", "F41.1", PSY2),
+    Drug("N05CF02", "Zolpidem 10 mg tablet", "tablet", 7, 90, 7, 7, "1 at night", "G47.0", PSY2),
+    Drug("N02AA01", "Morphine 10 mg tablet", "tablet", 10, 150, 10, 5, "1 q4h", "C79.5", NARC),
+    Drug("A08AB01", "Orlistat 120 mg capsule", "capsule", 42, 180, 42, 14, "1 tid", "E66.9"),
+    Drug("G04BE03", "Sildenafil 50 mg tablet", "tablet", 4, 450, 4, 30, "1 prn", "N52.9"),
+    Drug("D11AX01", "Minoxidil 5% solution", "bottle", 1, 9800, 1, 30, "1 ml bid", "L64.9"),
+)  # fmt: skip
+UNLISTED = frozenset({"A08AB01", "G04BE03", "D11AX01"})
+BY_CODE = {d.code: d for d in CATALOGUE}
+
+
+@dataclass(frozen=True)
+class InsurerSpec:
+    """One insurer: its plan, market share, copay, price caps and exclusions."""
+
+    name: str
+    plan: str
+    share: int  # weight among the covered patients
+    copay_bp: int
+    cap_pct: int  # price cap as a percentage of the typical unit price
+    controlled_allowed: bool
+    excluded: tuple[str, ...]  # listed drugs this insurer leaves off its formulary
+
+
+INSURERS: tuple[InsurerSpec, ...] = (
+    InsurerSpec("basic", "basic-medical", 60, 3000, 115, True, ("R03BA02", "N05CF02")),
+    InsurerSpec("mutual", "mutual-standard", 25, 2000, 120, True, ("A10AE04", "N02AA01")),
+    InsurerSpec("plus", "plus-gold", 15, 1000, 130, False, ("C01AA05",)),
+)
+
+#: categories of prescriptions that go wrong on purpose, per mille of the prescriptions
+#: (at least one of each), with the code they are made to produce
+CATEGORIES: dict[str, tuple[int, str]] = {
+    "over-quantity": (15, "over-quantity"),
+    "same-box": (10, "trace-code-used-up"),
+    "cancelled": (15, "rx-cancelled"),
+    "expired": (5, "rx-expired"),
+    "pharmacy-reject": (5, "rx-rejected"),
+    "unlicensed-controlled": (3, "prescriber-not-licensed"),
+    "refill-too-soon": (25, "refill-too-soon"),
+    "not-in-formulary": (30, "not-in-formulary"),
+    "not-covered": (30, "not-covered"),
+    "duplicate-claim": (15, "duplicate-claim"),
+    "price-capped": (40, "price-capped"),
+    "controlled": (20, "controlled"),
+    "over-limit": (20, "days-supply-limit"),
+    "suspended-prescriber": (3, "prescriber-not-authorised"),
+    "cash": (40, "unclaimed"),
+}
+REFUSAL_CODES = (
+    "over-quantity",
+    "trace-code-used-up",
+    "rx-cancelled",
+    "rx-rejected",
+    "rx-expired",
+    "prescriber-not-licensed",
+)
+DECISION_CODES = (
+    "refill-too-soon",
+    "not-in-formulary",
+    "not-covered",
+    "duplicate-claim",
+    "price-capped",
+    "quantity-limit",
+    "days-supply-limit",
+    "controlled-not-covered",
+    "prescriber-not-authorised",
+)
+EXPIRY_SECONDS = 1.0
+#: the reason an example claim of each outcome preferably shows
+EXAMPLE_REASONS = {"partially-approved": "price-capped", "rejected": "refill-too-soon"}
+
+
+@dataclass
+class DemoReport:
+    """What a demo run did, and how fast."""
+
+    seed: int
+    prescriptions: int
+    run_tag: str
+    actors: dict[str, int]
+    patients: dict[str, int]
+    categories: dict[str, int]
+    statements_submitted: int
+    accepted_by_type: dict[str, int]
+    refused_by_code: dict[str, int]
+    decisions_by_outcome: dict[str, int]
+    failed_rules_by_code: dict[str, int]
+    records_written: int
+    first_seq: int
+    tree_size: int
+    seconds: float
+    example_claims: dict[str, str]
+    settlement_key_files: list[str] = field(default_factory=list)
+    #: outcomes the demo did not plan for (``type: expected X, got Y``): should be empty
+    unexpected: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def statements_accepted(self) -> int:
+        return sum(self.accepted_by_type.values())
+
+    @property
+    def statements_refused(self) -> int:
+        return sum(self.refused_by_code.values())
+
+    @property
+    def decisions(self) -> int:
+        return sum(self.decisions_by_outcome.values())
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records_written / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "prescriptions": self.prescriptions,
+            "run_tag": self.run_tag,
+            "actors": self.actors,
+            "patients": self.patients,
+            "categories": self.categories,
+            "statements": {
+                "submitted": self.statements_submitted,
+                "accepted": self.statements_accepted,
+                "refused": self.statements_refused,
+                "accepted_by_type": self.accepted_by_type,
+                "refused_by_code": self.refused_by_code,
+            },
+            "decisions": {
+                "total": self.decisions,
+                "by_outcome": self.decisions_by_outcome,
+                "failed_rules_by_code": self.failed_rules_by_code,
+            },
+            "records_written": self.records_written,
+            "first_seq": self.first_seq,
+            "tree_size": self.tree_size,
+            "seconds": round(self.seconds, 3),
+            "records_per_second": round(self.records_per_second, 1),
+            "example_claims": self.example_claims,
+            "settlement_key_files": self.settlement_key_files,
+            "unexpected": self.unexpected,
+        }
+
+
+# -- submitting -----------------------------------------------------------------------
+
+
+class _Batcher:
+    """Signs statements as they are made and appends them in batches, in order."""
+
+    def __init__(self, ledger: Ledger, size: int, on_flush: Callable[[], None]) -> None:
+        self.ledger = ledger
+        self.size = size
+        self.on_flush = on_flush
+        self.items: list[tuple[Submission, str, str | None]] = []
+        self.submitted = 0
+        self.accepted: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+        self.unexpected: Counter[str] = Counter()
+
+    def add(
+        self,
+        signer: Signer,
+        kind: str,
+        body: Mapping[str, Any],
+        *,
+        payload: Mapping[str, Any] | None = None,
+        expect: str | None = None,
+    ) -> None:
+        """Queue a statement; ``expect`` is the refusal code it is meant to get."""
+        data = None
+        if payload is not None:
+            data, digest = seal(payload)
+            body = {**body, "payload_digest": digest}
+        signed = make_statement(signer, kind, body)
+        self.items.append((Submission(signed, data), kind, expect))
+        if len(self.items) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.items:
+            return
+        items, self.items = self.items, []
+        outcomes = self.ledger.append([s for s, _, _ in items])
+        self.submitted += len(items)
+        for (_, kind, expect), outcome in zip(items, outcomes, strict=True):
+            got = None
+            if isinstance(outcome, Receipt):
+                self.accepted[kind] += 1
+            else:
+                got = outcome.code
+                self.refused[got] += 1
+            if got != expect:
+                self.unexpected[
+                    f"{kind}: expected {expect or 'accepted'}, got {got or 'accepted'}"
+                ] += 1
+        self.on_flush()
+
+
+# -- the world --------------------------------------------------------------------------
+
+
+@dataclass
+class _Rx:
+    rx_id: str
+    patient: str
+    prescriber: Signer
+    items: list[tuple[Drug, int]]  # (drug, prescribed quantity)
+
+
+@dataclass
+class _Patient:
+    pseudonym: str
+    insurer: int | None  # index of the insurer covering them, None when not covered
+    claim_insurer: int  # the insurer a pharmacy claims against
+    drugs: set[str] = field(default_factory=set)
+
+
+class _World:
+    def __init__(
+        self,
+        ledger: Ledger,
+        registrar: Signer,
+        rng: random.Random,
+        tag: str,
+        batch: _Batcher,
+    ) -> None:
+        self.ledger = ledger
+        self.registrar = registrar
+        self.rng = rng
+        self.tag = tag
+        self.batch = batch
+        self.prescribers: list[Signer] = []
+        self.licensed: list[Signer] = []  # prescribers licensed for every controlled class used
+        self.unlicensed: list[Signer] = []
+        self.pharmacies: list[Signer] = []
+        self.insurers: list[Signer] = []
+        self.settlement_keys: list[Signer] = []
+        self.formularies: list[dict[str, dict[str, int]]] = []
+        self.covered: list[_Patient] = []
+        self.uncovered: list[_Patient] = []
+        self.stock: dict[tuple[str, str], list[Any]] = {}  # (pharmacy, drug) -> [code, pack, left]
+        self.used_up: dict[str, list[tuple[str, int]]] = {}  # drug -> packs fully dispensed
+        self.paid: list[tuple[_Patient, Drug]] = []  # lines expected paid, for refills
+        self.serial = 0
+        self.rx_count = 0
+        self.claim_count: Counter[str] = Counter()
+        self.deferred_same_box = 0
+        self.expires_at = 0.0
+        self.suspended = 0
+
+    # -- ids ----------------------------------------------------------------------
+
+    def ident(self, kind: str, n: int, width: int = 3) -> str:
+        return f"{self.tag}.{kind}-{n:0{width}d}"
+
+    def pseudonym(self) -> str:
+        raw = f"{self.tag}:{self.rng.getrandbits(64)}".encode()
+        return "P-" + hashlib.sha256(raw).hexdigest()[:16]
+
+    def trace_code(self, drug: Drug) -> str:
+        """A 20-digit drug traceability code: product prefix, serial, check digits."""
+        self.serial += 1
+        product = 8_000_000 + CATALOGUE.index(drug) * 37_117 % 1_000_000
+        serial = int.from_bytes(hashlib.sha256(f"{self.tag}:{self.serial}".encode()).digest()[:8])
+        return f"{product:07d}{serial % 10**13:013d}"
+
+    # -- set-up -------------------------------------------------------------------
+
+    def register(self, actor_id: str, role: str, **extra: Any) -> Signer:
+        signer = Signer.generate(actor_id)
+        body = {"actor": actor_id, "role": role, "key": signer.vkey, **extra}
+        self.batch.add(self.registrar, "actor.register", body)
+        return signer
+
+    def setup(self, prescriptions: int) -> None:
+        rng = self.rng
+        for i in range(max(6, prescriptions // 150)):
+            actor_id = self.ident("dr", i + 1)
+            licence = f"MD-{rng.randrange(10**8):08d}"
+            if i % 3 == 0:
+                classes = ["narcotic", "psychotropic-2"]
+                signer = self.register(
+                    actor_id, "prescriber", licence=licence, controlled_classes=classes
+                )
+                self.licensed.append(signer)
+            else:
+                signer = self.register(actor_id, "prescriber", licence=licence)
+                self.unlicensed.append(signer)
+            self.prescribers.append(signer)
+        for i in range(max(4, prescriptions // 300)):
+            licence = f"PH-{rng.randrange(10**8):08d}"
+            self.pharmacies.append(
+                self.register(self.ident("ph", i + 1), "pharmacy", licence=licence)
+            )
+        for spec in INSURERS:
+            insurer = self.register(f"{self.tag}.ins-{spec.name}", "insurer")
+            settle = Signer.generate(insurer.name)
+            self.batch.add(
+                insurer,
+                "actor.add_key",
+                {"actor": insurer.name, "key": settle.vkey, "purpose": "settlement"},
+            )
+            self.insurers.append(insurer)
+            self.settlement_keys.append(settle)
+            formulary = self.formulary(spec)
+            self.formularies.append(formulary)
+            self.batch.add(
+                insurer,
+                "policy.publish",
+                {
+                    "version": 1,
+                    "formulary": formulary,
+                    "refill_threshold_pct": 75,
+                    "copay_bp": spec.copay_bp,
+                    "controlled_allowed": spec.controlled_allowed,
+                    "controlled_max_days_supply": 7,
+                },
+            )
+        self.enrol(prescriptions)
+
+    @staticmethod
+    def formulary(spec: InsurerSpec) -> dict[str, dict[str, int]]:
+        out = {}
+        for drug in CATALOGUE:
+            if not drug.listed or drug.code in spec.excluded:
+                continue
+            if drug.controlled and not spec.controlled_allowed:
+                continue
+            out[drug.code] = {
+                "max_unit_price": drug.unit_price * spec.cap_pct // 100,
+                "max_quantity": drug.quantity * 2,
+                "max_days_supply": 7 if drug.controlled else (30 if drug.days_supply > 10 else 14),
+            }
+        return out
+
+    def enrol(self, prescriptions: int) -> None:
+        rng, at = self.rng, now()
+        weights = [spec.share for spec in INSURERS]
+        n_covered = max(40, prescriptions // 2)
+        for _ in range(n_covered):
+            index = rng.choices(range(len(INSURERS)), weights)[0]
+            self.covered.append(_Patient(self.pseudonym(), index, index))
+        # never enrolled, and enrolled but left the plan (coverage.end)
+        for i in range(max(4, n_covered // 25)):
+            index = rng.choices(range(len(INSURERS)), weights)[0]
+            self.uncovered.append(_Patient(self.pseudonym(), None, index))
+            if i % 3 == 0:
+                self.enrol_one(self.uncovered[-1].pseudonym, index, at)
+                self.batch.add(
+                    self.insurers[index], "coverage.end", {"patient": self.uncovered[-1].pseudonym}
+                )
+        for patient in self.covered:
+            assert patient.insurer is not None
+            self.enrol_one(patient.pseudonym, patient.insurer, at)
+
+    def enrol_one(self, patient: str, index: int, at: datetime) -> None:
+        since = at - timedelta(days=self.rng.randrange(30, 1500))
+        self.batch.add(
+            self.insurers[index],
+            "coverage.enroll",
+            {
+                "patient": patient,
+                "plan": INSURERS[index].plan,
+                "valid_from": format_time(since),
+                "valid_until": format_time(at + timedelta(days=365)),
+            },
+        )
+
+    # -- building blocks -----------------------------------------------------------
+
+    def pick_drugs(self, patient: _Patient, count: int, *, formulary: int | None) -> list[Drug]:
+        """Drugs new to the patient, non-controlled, on ``formulary`` if given."""
+        pool = [
+            d
+            for d in CATALOGUE
+            if d.listed
+            and not d.controlled
+            and d.code not in patient.drugs
+            and (formulary is None or d.code in self.formularies[formulary])
+        ]
+        return self.rng.sample(pool, min(count, len(pool)))
+
+    def issue(
+        self,
+        patient: _Patient,
+        drugs: list[tuple[Drug, int, int]],
+        *,
+        fills: int = 1,
+        prescriber: Signer | None = None,
+        valid_for: timedelta | None = None,
+        expect: str | None = None,
+    ) -> _Rx:
+        """``rx.issue`` of ``(drug, quantity, days_supply)`` items."""
+        self.rx_count += 1
+        rx_id = self.ident("rx", self.rx_count, 6)
+        prescriber = prescriber or self.rng.choice(self.prescribers)
+        valid_for = valid_for or timedelta(days=self.rng.choice((7, 30, 30, 90)))
+        controlled = next((d.controlled for d, _, _ in drugs if d.controlled), None)
+        content: dict[str, Any] = {
+            "items": [
+                {
+                    "drug_code": d.code,
+                    "drug_name": d.name,
+                    "quantity": q,
+                    "unit": d.unit,
+                    "days_supply": days,
+                    "dose": d.dose,
+                }
+                for d, q, days in drugs
+            ],
+            "diagnosis_codes": sorted({d.diagnosis for d, _, _ in drugs}),
+        }
+        if controlled:
+            content["controlled_class"] = controlled
+        self.batch.add(
+            prescriber,
+            "rx.issue",
+            {
+                "rx_id": rx_id,
+                "patient": patient.pseudonym,
+                "valid_until": format_time(now() + valid_for),
+                "fills_allowed": fills,
+            },
+            payload=content,
+            expect=expect,
+        )
+        patient.drugs.update(d.code for d, _, _ in drugs)
+        return _Rx(rx_id, patient.pseudonym, prescriber, [(d, q) for d, q, _ in drugs])
+
+    def take(self, pharmacy: Signer, drug: Drug, quantity: int) -> list[dict[str, Any]]:
+        """Units off the pharmacy's shelf: the open pack first, then new packs."""
+        codes = []
+        while quantity > 0:
+            pack = self.stock.get((pharmacy.name, drug.code))
+            if pack is None or pack[2] == 0:
+                pack = self.stock[(pharmacy.name, drug.code)] = [
+                    self.trace_code(drug),
+                    drug.pack_size,
+                    drug.pack_size,
+                ]
+            units = min(pack[2], quantity)
+            pack[2] -= units
+            quantity -= units
+            codes.append({"code": pack[0], "pack_size": pack[1], "units": units})
+            if pack[2] == 0:
+                self.used_up.setdefault(drug.code, []).append((pack[0], pack[1]))
+        return codes
+
+    def price(self, drug: Drug) -> int:
+        return max(1, drug.unit_price * self.rng.randint(92, 110) // 100)
+
+    def dispense(
+        self,
+        rx: _Rx,
+        fill: int,
+        pharmacy: Signer,
+        lines: list[tuple[int, int, int, list[dict[str, Any]]]],
+        *,
+        insurer: int | None,
+        expect: str | None = None,
+    ) -> None:
+        """``rx.dispense`` of ``(item, quantity, unit_price, trace_codes)`` lines."""
+        body: dict[str, Any] = {
+            "rx_id": rx.rx_id,
+            "fill_number": fill,
+            "claimed": insurer is not None,
+        }
+        if insurer is not None:
+            body["insurer"] = self.insurers[insurer].name
+        content = {
+            "items": [
+                {"item": i, "quantity": q, "unit_price": p, "trace_codes": tcs}
+                for i, q, p, tcs in lines
+            ]
+        }
+        self.batch.add(pharmacy, "rx.dispense", body, payload=content, expect=expect)
+
+    def sell(
+        self,
+        rx: _Rx,
+        fill: int,
+        pharmacy: Signer,
+        items: list[int],
+        *,
+        insurer: int | None,
+        quantities: dict[int, int] | None = None,
+        prices: dict[int, int] | None = None,
+    ) -> str | None:
+        """Dispense ``items`` of ``rx`` from stock and claim it; returns the claim id."""
+        lines = []
+        for i in items:
+            drug, prescribed = rx.items[i]
+            q = (quantities or {}).get(i, prescribed)
+            price = (prices or {}).get(i) or self.price(drug)
+            lines.append((i, q, price, self.take(pharmacy, drug, q)))
+        self.dispense(rx, fill, pharmacy, lines, insurer=insurer)
+        if insurer is None:
+            return None
+        return self.claim(rx, fill, pharmacy)
+
+    def claim(self, rx: _Rx, fill: int, pharmacy: Signer) -> str:
+        base = f"{rx.rx_id.replace('.rx-', '.cl-')}-{fill}"
+        self.claim_count[base] += 1
+        n = self.claim_count[base]
+        claim_id = base if n == 1 else f"{base}r{n - 1}"  # a resubmission
+        self.batch.add(
+            pharmacy, "claim.submit", {"claim_id": claim_id, "rx_id": rx.rx_id, "fill_number": fill}
+        )
+        return claim_id
+
+    def items_for(self, drugs: list[Drug]) -> list[tuple[Drug, int, int]]:
+        return [(d, d.quantity, d.days_supply) for d in drugs]
+
+    def other(self, pool: list[Signer], not_this: Signer) -> Signer:
+        choices = [s for s in pool if s is not not_this] or pool
+        return self.rng.choice(choices)
+
+    # -- scenarios ------------------------------------------------------------------
+
+    def scenario(self, category: str) -> None:
+        getattr(self, "s_" + category.replace("-", "_"))()
+
+    def covered_patient(self) -> _Patient:
+        return self.rng.choice(self.covered)
+
+    def patient_with(self, count: int, *, on_formulary: bool = True) -> tuple[_Patient, list[Drug]]:
+        """A covered patient and up to ``count`` drugs new to them."""
+        while True:
+            patient = self.covered_patient()
+            formulary = patient.insurer if on_formulary else None
+            drugs = self.pick_drugs(patient, count, formulary=formulary)
+            if drugs:
+                return patient, drugs
+
+    def s_normal(self, *, claimed: bool = True) -> None:
+        if self.deferred_same_box and self.used_up:
+            self.deferred_same_box -= 1
+            self.s_same_box()
+            return
+        rng = self.rng
+        patient, drugs = self.patient_with(rng.choices((1, 2, 3), (55, 30, 15))[0])
+        insurer = patient.insurer if claimed and rng.random() > 0.03 else None
+        pharmacy = rng.choice(self.pharmacies)
+        if len(drugs) > 1 and rng.random() < 0.25:
+            # part of the prescription was out of stock: the rest in a second fill,
+            # possibly at another pharmacy
+            rx = self.issue(patient, self.items_for(drugs), fills=2)
+            split = rng.randrange(1, len(drugs))
+            self.sell(rx, 1, pharmacy, list(range(split)), insurer=insurer)
+            second = pharmacy if rng.random() < 0.6 else self.other(self.pharmacies, pharmacy)
+            self.sell(rx, 2, second, list(range(split, len(drugs))), insurer=insurer)
+        else:
+            fills = rng.choices((1, 2, 3), (70, 20, 10))[0]  # repeats left for later
+            rx = self.issue(patient, self.items_for(drugs), fills=fills)
+            self.sell(rx, 1, pharmacy, list(range(len(drugs))), insurer=insurer)
+        if insurer is not None:
+            self.paid.extend((patient, d) for d in drugs)
+
+    def s_cash(self) -> None:
+        self.s_normal(claimed=False)
+
+    def s_over_quantity(self) -> None:
+        patient, drugs = self.patient_with(self.rng.choice((1, 2)))
+        rx = self.issue(patient, self.items_for(drugs))
+        pharmacy = self.rng.choice(self.pharmacies)
+        drug, prescribed = rx.items[0]
+        too_many = prescribed + self.rng.randint(1, max(1, prescribed // 2))
+        code = self.trace_code(drug)  # a box off the shelf; the dispense is refused
+        pack = max(drug.pack_size, too_many)
+        lines = [
+            (0, too_many, self.price(drug), [{"code": code, "pack_size": pack, "units": too_many}])
+        ]
+        self.dispense(rx, 1, pharmacy, lines, insurer=patient.insurer, expect="over-quantity")
+        # the pharmacy corrects the quantity and dispenses what was prescribed
+        self.sell(rx, 1, pharmacy, list(range(len(drugs))), insurer=patient.insurer)
+        self.paid.extend((patient, d) for d in drugs)
+
+    def s_same_box(self) -> None:
+        if not self.used_up:
+            self.deferred_same_box += 1
+            self.s_normal()
+            return
+        patient = self.covered_patient()
+        assert patient.insurer is not None
+        formulary = self.formularies[patient.insurer]
+        codes = [
+            c
+            for c in sorted(self.used_up)
+            if c not in patient.drugs and c in formulary and not BY_CODE[c].controlled
+        ]
+        if not codes:
+            self.s_normal()
+            return
+        drug = BY_CODE[self.rng.choice(codes)]
+        rx = self.issue(patient, self.items_for([drug]))
+        pharmacy = self.rng.choice(self.pharmacies)
+        code, pack = self.rng.choice(self.used_up[drug.code])
+        units = min(pack, drug.quantity)
+        traces = [{"code": code, "pack_size": pack, "units": units}]
+        if drug.quantity > units:  # and a box off the shelf for the rest (not recorded)
+            rest = drug.quantity - units
+            traces.append({"code": self.trace_code(drug), "pack_size": rest, "units": rest})
+        insurer = patient.insurer
+        lines = [(0, drug.quantity, self.price(drug), traces)]
+        self.dispense(rx, 1, pharmacy, lines, insurer=insurer, expect="trace-code-used-up")
+        # the scan is refused: the box was sold before; a fresh box is taken instead
+        self.sell(rx, 1, pharmacy, [0], insurer=insurer)
+        self.paid.append((patient, drug))
+
+    def s_cancelled(self) -> None:
+        patient, drugs = self.patient_with(1, on_formulary=False)
+        rx = self.issue(patient, self.items_for(drugs))
+        reason = self.rng.choice(("prescribing-error", "patient-request", "interaction"))
+        self.batch.add(rx.prescriber, "rx.cancel", {"rx_id": rx.rx_id, "reason": reason})
+        pharmacy = self.rng.choice(self.pharmacies)
+        drug = drugs[0]
+        traces = [{"code": self.trace_code(drug), "pack_size": drug.pack_size, "units": 1}]
+        lines = [(0, 1, self.price(drug), traces)]
+        self.dispense(rx, 1, pharmacy, lines, insurer=patient.insurer, expect="rx-cancelled")
+
+    def s_pharmacy_reject(self) -> None:
+        patient, drugs = self.patient_with(1, on_formulary=False)
+        rx = self.issue(patient, self.items_for(drugs))
+        first = self.rng.choice(self.pharmacies)
+        reason = self.rng.choice(("interaction", "allergy", "invalid-prescription"))
+        self.batch.add(first, "rx.reject", {"rx_id": rx.rx_id, "reason": reason})
+        drug = drugs[0]
+        traces = [{"code": self.trace_code(drug), "pack_size": drug.pack_size, "units": 1}]
+        lines = [(0, 1, self.price(drug), traces)]
+        second = self.other(self.pharmacies, first)
+        self.dispense(rx, 1, second, lines, insurer=patient.insurer, expect="rx-rejected")
+
+    def s_unlicensed_controlled(self) -> None:
+        patient = self.covered_patient()
+        drug = self.rng.choice([d for d in CATALOGUE if d.controlled])
+        prescriber = self.rng.choice(self.unlicensed)
+        self.issue(
+            patient,
+            self.items_for([drug]),
+            prescriber=prescriber,
+            expect="prescriber-not-licensed",
+        )
+
+    def s_controlled(self) -> None:
+        patient = self.covered_patient()
+        pool = [d for d in CATALOGUE if d.controlled and d.code not in patient.drugs]
+        if not pool:
+            self.s_normal()
+            return
+        drug = self.rng.choice(pool)
+        rx = self.issue(patient, self.items_for([drug]), prescriber=self.rng.choice(self.licensed))
+        self.sell(rx, 1, self.rng.choice(self.pharmacies), [0], insurer=patient.insurer)
+
+    def s_refill_too_soon(self) -> None:
+        rng = self.rng
+        candidates = [
+            (p, d) for p, d in self.paid[-500:] if d.code in self.formularies[p.claim_insurer]
+        ]
+        if candidates and rng.random() < 0.5:
+            # the patient gets the same drug again the same day from another prescriber
+            patient, drug = rng.choice(candidates)
+            rx = self.issue(patient, self.items_for([drug]))
+            self.sell(rx, 1, rng.choice(self.pharmacies), [0], insurer=patient.insurer)
+            return
+        # a repeat prescription whose second fill is claimed right after the first
+        patient, (drug,) = self.patient_with(1)
+        rx = self.issue(patient, [(drug, drug.quantity * 2, drug.days_supply)], fills=2)
+        pharmacy = rng.choice(self.pharmacies)
+        half = {0: drug.quantity}
+        self.sell(rx, 1, pharmacy, [0], insurer=patient.insurer, quantities=half)
+        self.sell(rx, 2, pharmacy, [0], insurer=patient.insurer, quantities=half)
+        self.paid.append((patient, drug))
+
+    def s_not_in_formulary(self) -> None:
+        rng = self.rng
+        patient = self.covered_patient()
+        assert patient.insurer is not None
+        formulary = self.formularies[patient.insurer]
+        off = [
+            d
+            for d in CATALOGUE
+            if d.code not in formulary and not d.controlled and d.code not in patient.drugs
+        ]
+        drugs = [rng.choice(off)] if off else []
+        if rng.random() < 0.5:
+            drugs += self.pick_drugs(patient, 1, formulary=patient.insurer)
+        if not drugs:
+            self.s_normal()
+            return
+        rx = self.issue(patient, self.items_for(drugs))
+        self.sell(
+            rx, 1, rng.choice(self.pharmacies), list(range(len(drugs))), insurer=patient.insurer
+        )
+
+    def s_not_covered(self) -> None:
+        patient = self.rng.choice(self.uncovered)
+        drugs = self.pick_drugs(patient, self.rng.choice((1, 2)), formulary=patient.claim_insurer)
+        if not drugs:
+            self.s_normal()
+            return
+        rx = self.issue(patient, self.items_for(drugs))
+        pharmacy = self.rng.choice(self.pharmacies)
+        self.sell(rx, 1, pharmacy, list(range(len(drugs))), insurer=patient.claim_insurer)
+
+    def s_duplicate_claim(self) -> None:
+        patient, drugs = self.patient_with(1)
+        rx = self.issue(patient, self.items_for(drugs))
+        pharmacy = self.rng.choice(self.pharmacies)
+        self.sell(rx, 1, pharmacy, [0], insurer=patient.insurer)
+        self.claim(rx, 1, pharmacy)  # the same fill claimed again
+        self.paid.extend((patient, d) for d in drugs)
+
+    def s_price_capped(self) -> None:
+        patient, drugs = self.patient_with(self.rng.choice((1, 1, 2)))
+        assert patient.insurer is not None
+        rx = self.issue(patient, self.items_for(drugs))
+        cap = self.formularies[patient.insurer][drugs[0].code]["max_unit_price"]
+        prices = {0: cap * self.rng.randint(112, 160) // 100 + 1}
+        pharmacy = self.rng.choice(self.pharmacies)
+        self.sell(rx, 1, pharmacy, list(range(len(drugs))), insurer=patient.insurer, prices=prices)
+        self.paid.extend((patient, d) for d in drugs)
+
+    def s_over_limit(self) -> None:
+        patient = self.covered_patient()
+        chronic = [
+            d for d in self.pick_drugs(patient, 5, formulary=patient.insurer) if d.days_supply >= 28
+        ]
+        if not chronic:
+            self.s_normal()
+            return
+        drug = chronic[0]
+        items = [(drug, drug.quantity * 3, drug.days_supply * 3)]  # a 90-day supply at once
+        rx = self.issue(patient, items)
+        self.sell(rx, 1, self.rng.choice(self.pharmacies), [0], insurer=patient.insurer)
+
+    def s_suspended_prescriber(self) -> None:
+        """A prescriber writes a prescription, then is suspended; it is filled and claimed."""
+        self.suspended += 1
+        licence = f"MD-{self.rng.randrange(10**8):08d}"
+        prescriber = self.register(
+            self.ident("dr-s", self.suspended), "prescriber", licence=licence
+        )
+        patient, drugs = self.patient_with(1)
+        rx = self.issue(patient, self.items_for(drugs), prescriber=prescriber)
+        self.batch.add(
+            self.registrar,
+            "actor.revoke",
+            {"actor": prescriber.name, "reason": "licence-suspended"},
+        )
+        self.sell(rx, 1, self.rng.choice(self.pharmacies), [0], insurer=patient.insurer)
+
+    # -- expiry ---------------------------------------------------------------------
+
+    def issue_expiring(self) -> tuple[_Rx, _Patient]:
+        patient, drugs = self.patient_with(1)
+        valid_for = timedelta(seconds=EXPIRY_SECONDS)
+        self.expires_at = time.time() + EXPIRY_SECONDS
+        rx = self.issue(patient, self.items_for(drugs), valid_for=valid_for)
+        return rx, patient
+
+    def dispense_expired(self, rx: _Rx, patient: _Patient) -> None:
+        drug, _ = rx.items[0]
+        traces = [{"code": self.trace_code(drug), "pack_size": drug.pack_size, "units": 1}]
+        lines = [(0, 1, self.price(drug), traces)]
+        pharmacy = self.rng.choice(self.pharmacies)
+        self.dispense(rx, 1, pharmacy, lines, insurer=patient.insurer, expect="rx-expired")
+
+
+def plan_categories(prescriptions: int, rng: random.Random) -> list[str]:
+    """Which scenario each prescription follows: the error categories, then normal."""
+    special: list[str] = []
+    for name, (per_mille, _) in CATEGORIES.items():
+        special += [name] * max(1, round(prescriptions * per_mille / 1000))
+    rng.shuffle(special)
+    expired = [c for c in special if c == "expired"]
+    rest = [c for c in special if c != "expired"]
+    rest += ["normal"] * max(0, prescriptions - len(special))
+    rng.shuffle(rest)
+    return (expired + rest)[:prescriptions]
+
+
+def run_demo(
+    ledger: Ledger,
+    registrar: Signer,
+    *,
+    prescriptions: int,
+    seed: int = 0,
+    key_dir: Path | None = None,
+    batch_size: int = 500,
+    progress: Progress | None = None,
+) -> DemoReport:
+    """Build the synthetic world in ``ledger`` and run ``prescriptions`` prescriptions.
+
+    ``registrar`` signs the registrations. The insurers' settlement keys are
+    given to ``ledger.settlement`` (so that the service decides the claims),
+    and written to ``key_dir`` as ``<insurer>.skey`` (mode 0600) when given, so
+    that a later ``rxledger serve`` holds them too. ``progress(done, total)``
+    is called after every batch.
+    """
+    if prescriptions < 1:
+        raise ValueError("prescriptions must be at least 1")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise ValueError(f"batch_size must be from 1 to {MAX_BATCH}")
+    started = time.perf_counter()
+    first_seq = ledger.reader.head().size
+    tag = f"d{first_seq}"
+    rng = random.Random(seed)  # noqa: S311 - a synthetic world, not secrets
+    done = 0
+
+    def report_progress() -> None:
+        if progress is not None:
+            progress(done, prescriptions)
+
+    batch = _Batcher(ledger, batch_size, report_progress)
+    world = _World(ledger, registrar, rng, tag, batch)
+    world.setup(prescriptions)
+    batch.flush()
+    if batch.unexpected:
+        raise LedgerError(f"the demo's set-up was refused: {dict(batch.unexpected)}")
+    for settle in world.settlement_keys:
+        ledger.settlement.add(settle)
+    key_files = []
+    if key_dir is not None:
+        for settle in world.settlement_keys:
+            path = key_dir / f"{settle.name}.skey"
+            write_key_file(path, settle.skey)
+            key_files.append(str(path))
+
+    categories = plan_categories(prescriptions, rng)
+    expiring = []
+    for category in categories:
+        if category == "expired":
+            expiring.append(world.issue_expiring())
+        else:
+            world.scenario(category)
+        done += 1
+    batch.flush()
+    if expiring:
+        # valid for a second from issue: wait (in a short run) until they have expired
+        time.sleep(max(0.0, world.expires_at + 0.01 - time.time()))
+        for rx, patient in expiring:
+            world.dispense_expired(rx, patient)
+        batch.flush()
+    report_progress()
+
+    decisions, failed, examples = _decisions(ledger, tag)
+    head = ledger.reader.head().size
+    return DemoReport(
+        seed=seed,
+        prescriptions=prescriptions,
+        run_tag=tag,
+        actors={
+            "prescribers": len(world.prescribers),
+            "prescribers_licensed_for_controlled": len(world.licensed),
+            "prescribers_suspended": world.suspended,
+            "pharmacies": len(world.pharmacies),
+            "insurers": len(world.insurers),
+        },
+        patients={"covered": len(world.covered), "not_covered": len(world.uncovered)},
+        categories=dict(sorted(Counter(categories).items())),
+        statements_submitted=batch.submitted,
+        accepted_by_type=dict(sorted(batch.accepted.items())),
+        refused_by_code=dict(sorted(batch.refused.items())),
+        decisions_by_outcome=decisions,
+        failed_rules_by_code=failed,
+        records_written=head - first_seq,
+        first_seq=first_seq,
+        tree_size=head,
+        seconds=time.perf_counter() - started,
+        example_claims=examples,
+        settlement_key_files=key_files,
+        unexpected=dict(sorted(batch.unexpected.items())),
+    )
+
+
+def _decisions(ledger: Ledger, tag: str) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
+    """Outcomes and failed rule codes of this run's claims, and an example of each outcome."""
+    outcomes: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
+    examples: dict[str, tuple[int, str]] = {}
+    query = (
+        select(projections.c.key, projections.c.value)
+        .where(
+            projections.c.kind == CLAIM, projections.c.key.startswith(f"{tag}.", autoescape=True)
+        )
+        .order_by(projections.c.key)
+    )
+    with ledger.engine.connect() as conn:
+        for row in conn.execute(query):
+            claim = json.loads(row.value)
+            decision = claim.get("decision")
+            if not decision:
+                outcomes["pending"] += 1
+                continue
+            outcome = decision["outcome"]
+            outcomes[outcome] += 1
+            codes = sorted({r["code"] for r in decision["rules"] if r.get("code")})
+            failed.update(codes)
+            # the first of each outcome, preferring one that shows a typical reason
+            score = int(EXAMPLE_REASONS.get(outcome) in codes)
+            if outcome not in examples or score > examples[outcome][0]:
+                examples[outcome] = (score, str(row.key))
+    by_outcome = {o: outcomes[o] for o in (*OUTCOMES, "pending") if outcomes[o]}
+    chosen = {o: examples[o][1] for o in OUTCOMES if o in examples}
+    return by_outcome, dict(sorted(failed.items())), chosen
