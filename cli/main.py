@@ -52,6 +52,9 @@ class LedgerGroup(click.Group):
             raise VerificationFailure(str(e)) from None
         except LedgerError as e:
             raise Failure(str(e)) from None
+        except BrokenPipeError:  # the reader went away (``| head``): not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except SQLAlchemyError as e:
             cause = getattr(e, "orig", None) or e
             first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]

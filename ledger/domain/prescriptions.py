@@ -146,6 +146,11 @@ def active_rx(state: State, rx_id: str, at: str) -> Document:
     rx = state.get(RX, rx_id)
     if rx is None:
         raise RejectionError("unknown-rx", f"prescription {rx_id!r} does not exist")
+    if at < rx["issued_at"]:
+        raise RejectionError(
+            "rx-not-yet-issued",
+            f"prescription {rx_id!r} was issued at {rx['issued_at']}, after this statement ({at})",
+        )
     status = rx["status"]
     if status != "active":
         raise RejectionError(f"rx-{status}", f"prescription {rx_id!r} is {status}")
@@ -241,6 +246,7 @@ def decide_dispense(state: State, statement: Statement, payload: Any, *, seq: in
                 "item": index,
                 "drug_code": item["drug_code"],
                 "days_supply": item["days_supply"],
+                "prescribed_quantity": item["quantity"],
                 "quantity": quantity,
                 "unit_price": unit_price,
                 "trace_codes": codes,

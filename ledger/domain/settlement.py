@@ -368,6 +368,16 @@ def _too_soon(state: State, patient: str, line: dict[str, Any], at: str, pct: in
     return bool(elapsed * 100 < previous["days_supply"] * pct)
 
 
+def covered_days(line: dict[str, Any]) -> int:
+    """The days a fill covers: the item's days supply prorated by the quantity dispensed.
+
+    A partial fill of 30 of 60 tablets prescribed for 30 days covers 15 days, so
+    completing it after 15 days is not a refill too soon. Rounded up.
+    """
+    prescribed = line["prescribed_quantity"]
+    return int(-(-line["days_supply"] * line["quantity"] // prescribed))
+
+
 def _trace_unsettled(state: State, line: dict[str, Any]) -> bool:
     for tc in line["trace_codes"]:
         trace = state.get(TRACE, tc["code"])
@@ -429,7 +439,7 @@ def decide_decision(state: State, statement: Statement, *, seq: int) -> list[Eff
                     f"{claim['patient']}|{line['drug_code']}",
                     {
                         "dispensed_at": dispense["dispensed_at"],
-                        "days_supply": line["days_supply"],
+                        "days_supply": covered_days(line),
                         "claim_id": claim_id,
                     },
                     patient=claim["patient"],

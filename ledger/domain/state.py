@@ -17,7 +17,6 @@ back, row for row.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -70,6 +69,16 @@ class State(Protocol):
         ...
 
 
+def clone(value: Any) -> Any:
+    """A deep copy of a JSON-like value (dicts, lists, scalars): several times
+    faster than :func:`copy.deepcopy`, which matters on the append path."""
+    if isinstance(value, dict):
+        return {k: clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clone(v) for v in value]
+    return value
+
+
 @dataclass
 class MemoryState:
     """State held in memory, optionally in front of another state (an overlay).
@@ -101,7 +110,7 @@ class MemoryState:
             found = self.data[address] = self.base.get(kind, key)
         else:
             return None
-        return copy.deepcopy(found) if found is not None else None
+        return clone(found) if found is not None else None
 
     def apply(self, effects: list[Effect]) -> None:
         """Apply the effects of one accepted statement and count its record."""

@@ -54,13 +54,14 @@ from ledger.core.statement import (
 )
 from ledger.core.verify import head_extension
 from ledger.domain.rules import decide
-from ledger.domain.state import MemoryState, State
+from ledger.domain.state import Document, MemoryState, Put, State
 from ledger.store.db import WRITE, is_sqlite
 from ledger.store.schema import checkpoints, log_head, merkle_nodes, payloads, records
 from ledger.store.state import DbState, project
 
 log = logging.getLogger("rxledger.sequencer")
 MAX_BATCH = 1000
+MAX_CACHED_DOCS = 200_000
 MAX_PAYLOAD = 256 * 1024
 
 
@@ -147,6 +148,11 @@ class Sequencer:
         # SQLite's busy handler polls with back-off, which starves some writers;
         # writers of this process queue on a lock before BEGIN IMMEDIATE instead.
         self._queue = threading.Lock() if is_sqlite(engine) else contextlib.nullcontext()
+        # Documents read or written by this sequencer, valid while the log size
+        # is the one this sequencer left it at (no other writer came between).
+        self._docs: dict[tuple[str, str], Document | None] = {}
+        self._docs_size = -1
+        self._docs_lock = threading.Lock()
         self.log_signer = log_signer
         self.origin = origin
         self.clock = clock
@@ -237,7 +243,8 @@ class Sequencer:
             # the time their records will carry, taken under the lock.
             received_at = max(format_time(self.clock()), head.last_received_at)
             received = parse_time(received_at)
-            state = MemoryState(base=DbState(conn, head.size), records=head.size)
+            cache = self._cache_for(head.size)
+            state = MemoryState(base=DbState(conn, head.size, cache), records=head.size)
             accepted: list[_Pending] = []
             for item in pending:
                 if outcomes[item.index] is not None or item.duplicate_of is not None:
@@ -258,10 +265,15 @@ class Sequencer:
                 conn.rollback()
                 return _abort_all(outcomes)
             if accepted:
+                written = list(state.pending)
                 new_head = self._write(conn, head, accepted, received_at, state)
                 for item, receipt in zip(accepted, new_head, strict=True):
                     if item.index >= 0:
                         outcomes[item.index] = receipt
+        if accepted:  # committed: what this batch wrote is now the state
+            self._cache_commit(cache, written, new_head[0].tree_size)
+        else:  # nothing written: the cache is as valid as before
+            self._cache_commit(cache, [], head.size)
 
         duplicates = [p for p in pending if p.duplicate_of is not None]
         if duplicates:
@@ -277,6 +289,23 @@ class Sequencer:
                 outcomes[item.index] = _as_duplicate(first) if isinstance(first, Receipt) else first
         assert all(o is not None for o in outcomes)
         return [o for o in outcomes if o is not None]
+
+    def _cache_for(self, size: int) -> dict[tuple[str, str], Document | None]:
+        """The document cache if no other writer appended since our last commit."""
+        with self._docs_lock:
+            if size != self._docs_size or len(self._docs) > MAX_CACHED_DOCS:
+                self._docs = {}
+            self._docs_size = -1  # invalid until this batch commits
+            return self._docs
+
+    def _cache_commit(
+        self, cache: dict[tuple[str, str], Document | None], puts: list[Put], size: int
+    ) -> None:
+        with self._docs_lock:
+            if cache is self._docs:
+                for put in puts:
+                    cache[(put.kind, put.key)] = put.value
+                self._docs_size = size
 
     @staticmethod
     def _decide(state: MemoryState, item: _Pending, seq: int) -> None:

@@ -16,17 +16,35 @@ def encode(value: Document) -> str:
 
 
 class DbState:
-    """:class:`ledger.domain.state.State` over one open transaction."""
+    """:class:`ledger.domain.state.State` over one open transaction.
 
-    def __init__(self, connection: Connection, size: int) -> None:
+    ``cache`` (the sequencer's, valid only while no other writer has appended)
+    answers repeated reads of the same documents without a query.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        size: int,
+        cache: dict[tuple[str, str], Document | None] | None = None,
+    ) -> None:
         self._conn = connection
         self._size = size
+        self._cache = cache
 
     @property
     def size(self) -> int:
         return self._size
 
     def get(self, kind: str, key: str) -> Document | None:
+        if self._cache is not None and (kind, key) in self._cache:
+            return self._cache[(kind, key)]
+        found = self._read(kind, key)
+        if self._cache is not None:
+            self._cache[(kind, key)] = found
+        return found
+
+    def _read(self, kind: str, key: str) -> Document | None:
         value = self._conn.execute(
             select(projections.c.value).where(projections.c.kind == kind, projections.c.key == key)
         ).scalar()
