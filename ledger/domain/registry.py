@@ -39,6 +39,8 @@ REGISTRAR = "registrar"
 KIND = "actor"
 PURPOSES = ("general", "settlement")
 LICENSED_ROLES = ("prescriber", "pharmacy")
+#: who a data user is, for consent classes and DUO's non-commercial modifiers
+DATA_USER_CLASSES = ("accredited-nonprofit", "nonprofit", "commercial")
 CONTROLLED_CLASSES = ("narcotic", "psychotropic-1", "psychotropic-2", "toxic", "radioactive")
 
 
@@ -142,6 +144,8 @@ def decide_register(state: State, statement: Statement, *, seq: int) -> list[Eff
             "controlled_classes",
             "valid_from",
             "valid_until",
+            "data_user_class",
+            "guardian_of",
         },
         where,
     )
@@ -166,6 +170,26 @@ def decide_register(state: State, statement: Statement, *, seq: int) -> list[Eff
         )
     if classes and role != "prescriber":
         raise f.malformed(f"{where}.controlled_classes", "only prescribers hold such licences")
+    if role == "patient" and body.get("display_name"):
+        raise f.malformed(
+            f"{where}.display_name", "patients appear only by pseudonym: no name in a record"
+        )
+    user_class = body.get("data_user_class")
+    if role == "data_user":
+        user_class = user_class or "commercial"  # fail closed: unknown means commercial
+        if user_class not in DATA_USER_CLASSES:
+            raise f.malformed(
+                f"{where}.data_user_class", f"expected one of {', '.join(DATA_USER_CLASSES)}"
+            )
+    elif user_class is not None:
+        raise f.malformed(f"{where}.data_user_class", "only data users have a class")
+    wards = body.get("guardian_of", [])
+    if not isinstance(wards, list) or len(wards) > 20:
+        raise f.malformed(f"{where}.guardian_of", "expected a list of patient pseudonyms")
+    for i, ward in enumerate(wards):
+        f.id_field({"ward": ward}, "ward", f"{where}.guardian_of[{i}]")
+    if wards and role != "patient":
+        raise f.malformed(f"{where}.guardian_of", "a guardian is registered as a patient")
 
     if state.size == 0:
         if not (role == REGISTRAR and actor_id == statement.actor and vkey == statement.key):
@@ -180,6 +204,8 @@ def decide_register(state: State, statement: Statement, *, seq: int) -> list[Eff
         "display_name": str(body.get("display_name") or ""),
         "licence": licence,
         "controlled_classes": sorted(set(classes)),
+        "data_user_class": user_class,
+        "guardian_of": sorted(set(wards)),
         "registered_seq": seq,
         "keys": [
             {

@@ -14,7 +14,7 @@ from typing import Any
 from ledger.core.canonical import parse_json
 from ledger.core.errors import EncodingError, RejectionError
 from ledger.core.statement import Statement, instant
-from ledger.domain import attest, prescriptions, registry, settlement
+from ledger.domain import attest, prescriptions, registry, settlement, wallet
 from ledger.domain.state import ROLES, Effect, State
 
 #: statement type -> roles that may make it
@@ -33,10 +33,15 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "policy.publish": frozenset({"insurer"}),
     "claim.submit": frozenset({"pharmacy"}),
     "settlement.decision": frozenset({"insurer"}),
+    "consent.grant": frozenset({"patient"}),
+    "consent.narrow": frozenset({"patient"}),
+    "consent.revoke": frozenset({"patient"}),
+    "data.use": frozenset({"data_user"}),
+    "data.proceeds": frozenset({"data_user"}),
 }
 
 #: types whose rules read the payload
-PAYLOAD_TYPES = frozenset({"rx.issue", "rx.dispense"})
+PAYLOAD_TYPES = frozenset({"rx.issue", "rx.dispense", "data.use"})
 
 
 def parse_payload(payload: bytes | None) -> Any:
@@ -76,6 +81,8 @@ def decide(
         clinical = parse_payload(payload)
         if kind == "rx.issue":
             return prescriptions.decide_issue(state, statement, actor, clinical, seq=seq)
+        if kind == "data.use":
+            return wallet.decide_use(state, statement, actor, clinical, seq=seq)
         return prescriptions.decide_dispense(state, statement, clinical, seq=seq)
     if kind in ("rx.cancel", "rx.reject"):
         return prescriptions.decide_end(state, statement, seq=seq)
@@ -89,6 +96,14 @@ def decide(
         return settlement.decide_claim(state, statement, seq=seq)
     if kind == "settlement.decision":
         return settlement.decide_decision(state, statement, seq=seq)
+    if kind == "consent.grant":
+        return wallet.decide_grant(state, statement, seq=seq)
+    if kind == "consent.narrow":
+        return wallet.decide_narrow(state, statement, seq=seq)
+    if kind == "consent.revoke":
+        return wallet.decide_revoke(state, statement, seq=seq)
+    if kind == "data.proceeds":
+        return wallet.decide_proceeds(state, statement, seq=seq)
     if kind == "doc.attest":
         return attest.decide_attest(state, statement)
     raise RejectionError("unknown-type", f"statement type {kind!r} is not known")

@@ -65,7 +65,11 @@ class State(Protocol):
         ...
 
     def get(self, kind: str, key: str) -> Document | None:
-        """The document, or ``None``. Callers must not mutate it."""
+        """The document, or ``None``."""
+        ...
+
+    def get_many(self, kind: str, keys: list[str]) -> dict[str, Document | None]:
+        """Several documents of one kind at once (one query, not one per key)."""
         ...
 
 
@@ -111,6 +115,17 @@ class MemoryState:
         else:
             return None
         return clone(found) if found is not None else None
+
+    def get_many(self, kind: str, keys: list[str]) -> dict[str, Document | None]:
+        missing = [k for k in keys if (kind, k) not in self.data]
+        if missing and self.base is not None:
+            for key, found in self.base.get_many(kind, missing).items():
+                self.data[(kind, key)] = found
+        out: dict[str, Document | None] = {}
+        for key in keys:
+            found = self.data.get((kind, key))
+            out[key] = clone(found) if found is not None else None
+        return out
 
     def apply(self, effects: list[Effect]) -> None:
         """Apply the effects of one accepted statement and count its record."""

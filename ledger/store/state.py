@@ -44,6 +44,28 @@ class DbState:
             self._cache[(kind, key)] = found
         return found
 
+    def get_many(self, kind: str, keys: list[str]) -> dict[str, Document | None]:
+        out: dict[str, Document | None] = {}
+        missing = []
+        for key in keys:
+            if self._cache is not None and (kind, key) in self._cache:
+                out[key] = self._cache[(kind, key)]
+            else:
+                missing.append(key)
+        for start in range(0, len(missing), 1000):
+            chunk = missing[start : start + 1000]
+            rows = self._conn.execute(
+                select(projections.c.key, projections.c.value).where(
+                    projections.c.kind == kind, projections.c.key.in_(chunk)
+                )
+            ).all()
+            found = {r.key: json.loads(r.value) for r in rows}
+            for key in chunk:
+                out[key] = found.get(key)
+                if self._cache is not None:
+                    self._cache[(kind, key)] = out[key]
+        return out
+
     def _read(self, kind: str, key: str) -> Document | None:
         value = self._conn.execute(
             select(projections.c.value).where(projections.c.kind == kind, projections.c.key == key)
