@@ -42,6 +42,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "too-large": 413,
     "batch-too-large": 413,
     "payload-too-large": 413,
+    "unauthenticated": 401,
+    "forbidden": 403,
     "bad-signature": 403,
     "unknown-key": 403,
     "unknown-actor": 403,
@@ -113,7 +115,9 @@ def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None
 def install(app: FastAPI) -> None:
     @app.exception_handler(LedgerError)
     async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:
-        return problem_response(problem_for(exc))
+        body = problem_for(exc)
+        headers = {"WWW-Authenticate": "RxLedger-Sig"} if body["status"] == 401 else None
+        return problem_response(body, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -14,23 +14,26 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from ledger.core import merkle
+from ledger.core import cohort, merkle
 from ledger.core.checkpoint import Checkpoint, open_checkpoint
 from ledger.core.errors import EncodingError, LedgerError, RejectionError, VerificationError
-from ledger.core.note import Verifier
+from ledger.core.note import Signer, Verifier
 from ledger.core.record import Record, build_record_bytes
-from ledger.core.statement import SignedStatement, make_statement
+from ledger.core.request_auth import authorization
+from ledger.core.statement import SignedStatement, format_time, make_statement, now
 
 __all__ = [
     "LedgerClient",
     "RejectedError",
     "VerifiedReceipt",
+    "check_after_revocation",
     "check_receipt",
     "check_trail",
     "make_statement",
@@ -178,6 +181,30 @@ class LedgerClient:
             raise RejectedError(body)
         return body
 
+    def signed(
+        self, method: str, path: str, signer: Signer, *, json_body: Any = None, **params: Any
+    ) -> Any:
+        """A request signed by ``signer`` (``ledger.core.request_auth``): the
+        patient's wallet views, a data user's previews and uses."""
+        content = b"" if json_body is None else json.dumps(json_body).encode()
+        headers = {"Content-Type": "application/json"} if json_body is not None else {}
+        request = self.http.build_request(
+            method,
+            path,
+            params={k: v for k, v in params.items() if v is not None},
+            content=content,
+            headers=headers,
+        )
+        target = request.url.raw_path.decode("ascii")
+        request.headers["Authorization"] = authorization(
+            signer, method, target, format_time(now()), content
+        )
+        response = self.http.send(request)
+        body = self._json(response)
+        if response.status_code != 200:
+            raise RejectedError(body)
+        return body
+
     # -- helpers -------------------------------------------------------------------
 
     def _check(self, receipt: dict[str, Any], signed: SignedStatement) -> VerifiedReceipt:
@@ -272,3 +299,47 @@ def _check_trail(trail: dict[str, Any], *, log_key: Verifier, origin: str) -> Ch
         if not holds:
             raise VerificationError(f"trail step {name} does not agree with the records")
     return checkpoint
+
+
+def check_after_revocation(proof: dict[str, Any], *, log_key: Verifier, origin: str) -> list[str]:
+    """Check, offline, a patient's proof about the data uses after a revocation.
+
+    Every listed use must be a ``data.use`` record after the revocation,
+    included in the checkpoint signed by ``log_key``, with a valid
+    membership or non-membership proof for the patient against the record's
+    cohort commitment. Returns the uses that included the patient (empty when
+    no use after the revocation did), which must equal ``proof["included"]``.
+    """
+    try:
+        checkpoint, _ = open_checkpoint(str(proof["checkpoint"]), origin=origin, verifier=log_key)
+        patient = str(proof["patient"])
+        revoked_seq = int(proof["revoked_seq"])
+        included = []
+        for use in proof["uses"]:
+            data = base64.b64decode(use["record_bytes"], validate=True)
+            seq = int(use["seq"])
+            record = Record.from_bytes(data, expected_seq=seq)
+            if record.fields["type"] != "data.use" or seq <= revoked_seq:
+                raise VerificationError(f"record {seq} is not a data.use after the revocation")
+            hashes = [bytes.fromhex(h) for h in use["inclusion_proof"]]
+            merkle.verify_inclusion(
+                merkle.hash_leaf(data), seq, checkpoint.size, hashes, checkpoint.root_hash
+            )
+            body = record.fields["body"]
+            member = cohort.verify_membership(
+                str(body["use_id"]),
+                patient,
+                count=int(body["permitted_count"]),
+                root=bytes.fromhex(body["permitted_root"]),
+                proof=use["membership"],
+            )
+            if member:
+                included.append(str(body["use_id"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise VerificationError(f"proof is malformed: {type(e).__name__}: {e}") from e
+    if included != list(proof["included"]):
+        raise VerificationError(
+            f"proof says the patient was included in {proof['included']}, the records say "
+            f"{included}"
+        )
+    return included

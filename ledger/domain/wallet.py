@@ -135,7 +135,7 @@ def _owner(state: State, statement: Statement, patient: str) -> None:
     )
 
 
-def _purpose(raw: object, where: str) -> dict[str, Any]:
+def parse_purpose(raw: object, where: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise f.malformed(where, "expected an object {code, disease?, months?}")
     f.only(raw, {"code", "disease", "months"}, where)
@@ -156,7 +156,7 @@ def _purpose(raw: object, where: str) -> dict[str, Any]:
     return out
 
 
-def _categories(obj: dict[str, Any], name: str, where: str, *, min_len: int = 1) -> list[str]:
+def parse_categories(obj: dict[str, Any], name: str, where: str, *, min_len: int = 1) -> list[str]:
     values = f.list_field(obj, name, where, min_len=min_len, max_len=len(CATEGORIES))
     if any(c not in CATEGORIES for c in values) or len(set(values)) != len(values):
         raise f.malformed(
@@ -198,12 +198,12 @@ def decide_grant(state: State, statement: Statement, *, seq: int) -> list[Effect
                 f"{', '.join(GRANTEE_CLASSES)}",
             )
     purposes = [
-        _purpose(p, f"body.purposes[{i}]")
+        parse_purpose(p, f"body.purposes[{i}]")
         for i, p in enumerate(f.list_field(body, "purposes", "body", min_len=1, max_len=10))
     ]
     if not any(p["code"] in PERMISSIONS for p in purposes):
         raise f.malformed("body.purposes", "at least one permission (GRU, HMB, DS, POA)")
-    categories = _categories(dict(body), "categories", "body")
+    categories = parse_categories(dict(body), "categories", "body")
     valid_from = f.time_field(body, "valid_from", "body")
     valid_until = f.time_field(body, "valid_until", "body")
     if valid_until <= valid_from:
@@ -261,7 +261,7 @@ def decide_narrow(state: State, statement: Statement, *, seq: int) -> list[Effec
     if not any(p["code"] in PERMISSIONS for p in purposes):
         raise f.malformed("body.remove_purposes", "a consent keeps at least one permission")
     drop = (
-        _categories(body, "remove_categories", "body", min_len=0)
+        parse_categories(body, "remove_categories", "body", min_len=0)
         if "remove_categories" in body
         else []
     )
@@ -358,10 +358,10 @@ def parse_use(
         "body",
     )
     use_id = f.id_field(body, "use_id", "body")
-    purpose = _purpose(body.get("purpose"), "body.purpose")
+    purpose = parse_purpose(body.get("purpose"), "body.purpose")
     if purpose["code"] not in PERMISSIONS or "months" in purpose:
         raise f.malformed("body.purpose", "a use states one DUO permission (GRU, HMB, DS, POA)")
-    categories = _categories(dict(body), "categories", "body")
+    categories = parse_categories(dict(body), "categories", "body")
     if not isinstance(payload, dict):
         raise RejectionError("payload-required", "data.use needs its cohort payload")
     f.only(payload, {"salt", "patients"}, "payload")
