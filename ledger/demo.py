@@ -274,13 +274,14 @@ class _Batcher:
         *,
         payload: Mapping[str, Any] | None = None,
         expect: str | None = None,
+        issued_at: str | None = None,
     ) -> None:
         """Queue a statement; ``expect`` is the refusal code it is meant to get."""
         data = None
         if payload is not None:
             data, digest = seal(payload)
             body = {**body, "payload_digest": digest}
-        signed = make_statement(signer, kind, body)
+        signed = make_statement(signer, kind, body, issued_at=issued_at)
         self.items.append((Submission(signed, data), kind, expect))
         if len(self.items) >= self.size:
             self.flush()

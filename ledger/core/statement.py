@@ -75,8 +75,9 @@ def instant(text: str) -> str:
     ``2026-11-23T08:00:00Z`` and ``2026-11-23T08:00:00.000Z`` are the same
     instant; the domain compares only such normalized strings.
     """
-    moment = parse_time(text)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    parse_time(text)  # validates (raises with the message); the rest is string work
+    base, _, fraction = text[:-1].partition(".")
+    return f"{base}.{fraction.ljust(6, '0')}Z"
 
 
 def now() -> datetime:

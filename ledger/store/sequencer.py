@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, tuple_, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from ledger.core import merkle
 from ledger.core.checkpoint import Checkpoint
@@ -57,7 +57,7 @@ from ledger.domain.rules import decide
 from ledger.domain.state import Document, MemoryState, Put, State
 from ledger.store.db import WRITE, is_sqlite
 from ledger.store.schema import checkpoints, log_head, merkle_nodes, payloads, records
-from ledger.store.state import DbState, project
+from ledger.store.state import DbState, bulk_insert, pairs_in, project
 
 log = logging.getLogger("rxledger.sequencer")
 MAX_BATCH = 1000
@@ -360,7 +360,7 @@ class Sequencer:
             return
         rows = conn.execute(
             select(records.c.seq, records.c.actor, records.c.nonce, records.c.record_bytes).where(
-                tuple_(records.c.actor, records.c.nonce).in_(list(seen))
+                pairs_in(records.c.actor, records.c.nonce, list(seen))
             )
         ).all()
         for row in rows:
@@ -440,10 +440,9 @@ class Sequencer:
             origin=self.origin, size=size, root_hash=root, extensions=(head_extension(head_hash),)
         ).sign([self.log_signer])
 
-        conn.execute(insert(records), record_rows)
-        if payload_rows:
-            conn.execute(insert(payloads), payload_rows)
-        conn.execute(insert(merkle_nodes), new_nodes)
+        bulk_insert(conn, records, record_rows)
+        bulk_insert(conn, payloads, payload_rows)
+        bulk_insert(conn, merkle_nodes, new_nodes)
         project(conn, state.take_pending())
         conn.execute(insert(checkpoints).values(size=size, note=note))
         conn.execute(
@@ -486,7 +485,7 @@ def fetch_nodes(conn: Connection, wanted: Sequence[merkle.NodeId]) -> dict[merkl
         return {}
     rows = conn.execute(
         select(merkle_nodes.c.level, merkle_nodes.c.idx, merkle_nodes.c.hash).where(
-            tuple_(merkle_nodes.c.level, merkle_nodes.c.idx).in_(list(wanted))
+            pairs_in(merkle_nodes.c.level, merkle_nodes.c.idx, list(wanted))
         )
     ).all()
     found = {(int(r.level), int(r.idx)): bytes(r.hash) for r in rows}
