@@ -5,7 +5,14 @@ classes), pharmacies and two or three insurers, each with a published policy
 and a settlement key that it hands to the service; enrols pseudonymous
 patients (a few are not covered); then issues N prescriptions, dispenses them
 in one or more fills with 20-digit traceability codes, and claims most of
-them. The service decides every claim as it is sequenced.
+them. The service decides every claim as it is sequenced. Then the data
+wallet (``docs/wallet.md``): most patients register with their own key and
+grant consents of a dozen kinds (DUO purposes, grantees, categories, times),
+some narrow or revoke them, a guardian acts for a ward; three data users (an
+accredited nonprofit, a nonprofit, a company) preview and sign data uses over
+cohorts of patients, and pay proceeds. The demo predicts every patient's
+decision in every use from its own model of the consents, with the reason
+for a denial, and counts any disagreement with the rules as unexpected.
 
 A share of the world goes wrong on purpose, so that every rule is exercised
 (the categories and their codes are in ``docs/demo.md``): refused statements
@@ -13,7 +20,10 @@ A share of the world goes wrong on purpose, so that every rule is exercised
 ``rx-expired``, ``prescriber-not-licensed``) and decisions that fail a rule
 (``refill-too-soon``, ``not-in-formulary``, ``not-covered``,
 ``duplicate-claim``, ``price-capped``, ``quantity-limit``,
-``days-supply-limit``, ``controlled-not-covered``).
+``days-supply-limit``, ``controlled-not-covered``), and refused wallet
+statements (``unknown-grantee``, ``not-your-consent``, ``consent-revoked``,
+``consent-broadened``, ``cohort-mismatch``, ``payment-exists``,
+``no-one-to-pay``).
 
 The world is a function of the seed and of the ledger's size when the run
 starts (which goes into every id, so that runs on one ledger never collide):
@@ -27,10 +37,13 @@ every other. Consequently a second paid fill of the same drug for the same
 patient is always "too soon"; the demo uses that for its refill-too-soon
 cases and otherwise gives each patient a drug only once. Expiry is modelled
 with prescriptions valid for one second, whose dispense is attempted at the
-end of the run.
+end of the run. Consents carry their own dates, so ended, not yet valid and
+time-limited consents are simply dated in the past or the future.
 
-Patients appear only as pseudonyms (``P-`` and 16 hex digits); drug names,
-doses and diagnosis codes appear only in the salted clinical payloads.
+Patients appear only as pseudonyms (``P-`` and 16 hex digits), also as
+registered actors (never with a name); drug names, doses and diagnosis codes
+appear only in the salted clinical payloads, and a data use's cohort only in
+its payload.
 """
 
 from __future__ import annotations
@@ -51,11 +64,14 @@ from sqlalchemy import select
 from ledger.core.errors import LedgerError
 from ledger.core.note import Signer
 from ledger.core.payload import seal
-from ledger.core.statement import format_time, make_statement, now
+from ledger.core.statement import format_time, make_statement, now, parse_time
 from ledger.domain.settlement import CLAIM, OUTCOMES
+from ledger.domain.wallet import DS, GRU, HMB, MEMBERS, NCU, NPU, PAYMENT, POA, PUB, TS
 from ledger.service import Ledger, write_key_file
+from ledger.store.reader import ProjectionReader
 from ledger.store.schema import projections
 from ledger.store.sequencer import MAX_BATCH, Receipt, Submission
+from ledger.wallet_service import preview_use
 
 Progress = Callable[[int, int], None]
 
@@ -202,6 +218,9 @@ class DemoReport:
     settlement_key_files: list[str] = field(default_factory=list)
     #: outcomes the demo did not plan for (``type: expected X, got Y``): should be empty
     unexpected: dict[str, int] = field(default_factory=dict)
+    #: the data wallet: consents, data uses (permitted and denied, by reason), proceeds
+    wallet: dict[str, Any] = field(default_factory=dict)
+    wallet_key_files: list[str] = field(default_factory=list)
 
     @property
     def statements_accepted(self) -> int:
@@ -246,6 +265,8 @@ class DemoReport:
             "records_per_second": round(self.records_per_second, 1),
             "example_claims": self.example_claims,
             "settlement_key_files": self.settlement_key_files,
+            "wallet": self.wallet,
+            "wallet_key_files": self.wallet_key_files,
             "unexpected": self.unexpected,
         }
 
@@ -876,6 +897,613 @@ class _World:
         self.dispense(rx, 1, pharmacy, lines, insurer=patient.insurer, expect="rx-expired")
 
 
+# -- the data wallet --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataUserSpec:
+    """A data user: who may be granted data, and what kind of organisation it is."""
+
+    name: str
+    data_user_class: str  # registry.DATA_USER_CLASSES
+    about: str
+
+
+DATA_USERS: tuple[DataUserSpec, ...] = (
+    DataUserSpec("uni", "accredited-nonprofit", "a university's accredited research group"),
+    DataUserSpec("registry", "nonprofit", "a patient charity's disease registry"),
+    DataUserSpec("pharma", "commercial", "a pharmaceutical company"),
+)
+
+
+@dataclass(frozen=True)
+class ConsentProfile:
+    """A kind of consent patients give: to whom, for what, on which data, when."""
+
+    name: str
+    weight: int
+    grantee: str  # a class, or the short name of one of DATA_USERS
+    purposes: tuple[str, ...]  # DUO short names: "GRU", "DS:E11", "TS:12"
+    categories: tuple[str, ...]
+    timing: str = "current"  # or "expired", "future", "ts-over" (a TS limit run out)
+
+
+RX, DISP, DIAG, CLAIMS, DEMO = "prescriptions", "dispenses", "diagnoses", "claims", "demographics"
+EVERYTHING = (RX, DISP, DIAG, CLAIMS, DEMO)
+PROFILES: tuple[ConsentProfile, ...] = (
+    ConsentProfile("open-research", 18, "class:any", ("GRU",), (RX, DISP, DIAG, CLAIMS)),
+    ConsentProfile("non-commercial", 14, "class:any", ("GRU", "NCU", "PUB"), (RX, DISP, DIAG)),
+    ConsentProfile("health-nonprofit", 12, "class:nonprofit", ("HMB",), (RX, DIAG, DISP)),
+    ConsentProfile("accredited-only", 8, "class:accredited-nonprofit", ("GRU", "NPU"), EVERYTHING),
+    ConsentProfile("diabetes", 8, "class:any", ("DS:E11",), (RX, DIAG, CLAIMS)),
+    ConsentProfile("hypertension", 7, "class:any", ("DS:I10",), (RX, CLAIMS)),
+    ConsentProfile("named-university", 6, "uni", ("HMB", "POA"), (RX, DISP, DIAG, DEMO)),
+    ConsentProfile("one-year", 6, "class:any", ("HMB", "TS:12"), (RX, DISP, CLAIMS)),
+    ConsentProfile("year-over", 4, "class:any", ("HMB", "TS:12"), (RX, DISP, CLAIMS), "ts-over"),
+    ConsentProfile("prescriptions-only", 6, "class:any", ("GRU",), (RX,)),
+    ConsentProfile("origins", 3, "class:any", ("POA",), (DEMO, RX)),
+    ConsentProfile("ended", 4, "class:any", ("GRU",), (RX, DISP, DIAG, CLAIMS), "expired"),
+    ConsentProfile("not-yet", 3, "class:nonprofit", ("HMB",), (RX, DISP), "future"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class UseSpec:
+    """A data use: who, for what purpose, on which data, over how much of the population."""
+
+    user: str  # short name of one of DATA_USERS
+    purpose: str  # DUO short name of a permission, "DS:E11.9"
+    categories: tuple[str, ...]
+    cohort_per_mille: int  # of all patients (every patient in a small run)
+    rate: int  # paid per permitted patient, in fen (0: not paid)
+    payments: int
+
+
+USES: tuple[UseSpec, ...] = (
+    UseSpec("uni", "GRU", (RX, DISP), 400, 120, 1),
+    UseSpec("uni", "DS:E11.9", (DIAG, RX), 250, 250, 1),
+    UseSpec("registry", "HMB", (RX,), 350, 80, 1),
+    UseSpec("pharma", "DS:I10", (CLAIMS, RX), 400, 1500, 2),
+    UseSpec("pharma", "POA", (DEMO,), 100, 0, 0),
+)
+#: a use's cohort is every patient up to this many, else its share of them
+WHOLE_COHORT = 200
+#: why a patient's data was not released: no consent, or why their latest consent did not cover
+DENIAL_REASONS = (
+    "no-consent",
+    "revoked",
+    "not-yet-valid",
+    "expired",
+    "grantee",
+    "purpose",
+    "non-commercial",
+    "time-limit",
+    "categories",
+)
+#: wallet statements refused on purpose, once each
+WALLET_REFUSALS = (
+    "unknown-grantee",
+    "not-your-consent",
+    "consent-revoked",
+    "consent-broadened",
+    "cohort-mismatch",
+    "payment-exists",
+    "no-one-to-pay",
+)
+_DUO = {"GRU": GRU, "HMB": HMB, "DS": DS, "POA": POA, "NCU": NCU, "NPU": NPU, "TS": TS, "PUB": PUB}
+#: which use purposes each permission covers (DUO's hierarchy), written out for the model
+_COVERS = {GRU: {GRU, HMB, DS, POA}, HMB: {HMB, DS}, DS: {DS}, POA: {POA}}
+
+
+def duo(term: str) -> dict[str, Any]:
+    """``"DS:E11"`` -> ``{"code": "DUO:0000007", "disease": "E11"}``; ``"TS:12"`` -> months."""
+    name, _, setting = term.partition(":")
+    out: dict[str, Any] = {"code": _DUO[name]}
+    if name == "DS":
+        out["disease"] = setting
+    elif name == "TS":
+        out["months"] = int(setting)
+    return out
+
+
+@dataclass
+class _Consent:
+    """The demo's own model of a consent, to predict every use's decision."""
+
+    consent_id: str
+    profile: str
+    grantee: str
+    purposes: list[dict[str, Any]]
+    categories: list[str]
+    valid_from: datetime
+    valid_until: datetime
+    share_bp: int
+    revoked: bool = False
+
+    def why_not(
+        self,
+        user: str,
+        user_class: str,
+        purpose: dict[str, Any],
+        categories: list[str],
+        at: datetime,
+    ) -> str | None:
+        """Why this consent does not cover the use (a DENIAL_REASONS entry), or None."""
+        if self.revoked:
+            return "revoked"
+        if at < self.valid_from:
+            return "not-yet-valid"
+        if at >= self.valid_until:
+            return "expired"
+        allowed = {
+            "class:any": True,
+            "class:nonprofit": user_class != "commercial",
+            "class:accredited-nonprofit": user_class == "accredited-nonprofit",
+        }.get(self.grantee, self.grantee == user)
+        if not allowed:
+            return "grantee"
+        wanted = purpose["code"]
+        if not any(
+            wanted in _COVERS.get(p["code"], set())
+            and (p["code"] != DS or str(purpose.get("disease", "")).startswith(p["disease"]))
+            for p in self.purposes
+        ):
+            return "purpose"
+        codes = {p["code"] for p in self.purposes}
+        if user_class == "commercial" and codes & {NCU, NPU}:
+            return "non-commercial"
+        for p in self.purposes:  # TS: months from valid_from (the profiles keep off the edge)
+            if p["code"] == TS and at >= self.valid_from + timedelta(days=30 * p["months"]):
+                return "time-limit"
+        if not set(categories) <= set(self.categories):
+            return "categories"
+        return None
+
+
+@dataclass
+class _Holder:
+    """A patient with a wallet: registered with their own key, or a ward whose guardian acts."""
+
+    patient: str
+    signer: Signer  # the patient's key, or the guardian's for a ward
+    consents: list[_Consent] = field(default_factory=list)
+    ward_of: str | None = None  # the guardian, for a ward
+    pinned: bool = False  # carries one profile for sure: never narrowed, revoked or given a second
+
+
+class _Wallets:
+    """Consents, narrowings, revocations, data uses and proceeds over the world's patients.
+
+    The demo keeps its own model of every consent and predicts, per patient,
+    each use's decision and its reason; a preview that disagrees is an
+    ``unexpected`` outcome.
+    """
+
+    def __init__(self, world: _World, wallet_key_dir: Path | None) -> None:
+        self.world = world
+        self.batch = world.batch
+        self.rng = world.rng
+        self.tag = world.tag
+        self.wallet_key_dir = wallet_key_dir
+        self.users: dict[str, tuple[Signer, str]] = {}  # short name -> (signer, class)
+        self.patients = [p.pseudonym for p in world.covered + world.uncovered]
+        self.holders: dict[str, _Holder] = {}
+        self.granted: Counter[str] = Counter()
+        self.narrowed = 0
+        self.revoked = 0
+        self.uses: list[dict[str, Any]] = []
+        self.denied_by_reason: Counter[str] = Counter()
+        self.payments = 0
+        self.paid = 0
+        self.key_files: list[str] = []
+
+    # -- consents --------------------------------------------------------------------
+
+    def setup(self) -> None:
+        rng, tag = self.rng, self.tag
+        for spec in DATA_USERS:
+            actor_id = f"{tag}.du-{spec.name}"
+            signer = self.world.register(
+                actor_id, "data_user", data_user_class=spec.data_user_class
+            )
+            self.users[spec.name] = (signer, spec.data_user_class)
+        order = list(self.patients)
+        rng.shuffle(order)
+        n_holders = max(len(PROFILES) + 4, len(order) * 7 // 10)
+        registered, others = order[:n_holders], order[n_holders:]
+        wards = others[: max(1, n_holders // 100)]
+        guardians = dict(zip(registered[len(PROFILES) :], wards, strict=False))
+        for i, patient in enumerate(registered):
+            ward = guardians.get(patient)
+            extra = {"guardian_of": [ward]} if ward else {}
+            signer = self.world.register(patient, "patient", **extra)
+            self.holders[patient] = _Holder(patient, signer, pinned=i < len(PROFILES))
+            if ward:
+                self.holders[ward] = _Holder(ward, signer, ward_of=patient)
+        weights = [p.weight for p in PROFILES]
+        for i, holder in enumerate(self.holders.values()):
+            profile = PROFILES[i] if holder.pinned else rng.choices(PROFILES, weights)[0]
+            self.grant(holder, profile)
+            if not holder.pinned and rng.random() < 0.15:
+                other = rng.choices(PROFILES, weights)[0]
+                if other.timing == "current" and other is not profile:
+                    self.grant(holder, other)
+        self.batch.flush()
+
+    def grant(self, holder: _Holder, profile: ConsentProfile) -> None:
+        rng, at = self.rng, now()
+        timing = profile.timing
+        if timing == "expired":
+            start = at - timedelta(days=rng.randrange(800, 1500))
+            end = at - timedelta(days=rng.randrange(1, 300))
+        elif timing == "future":
+            start = at + timedelta(days=rng.randrange(7, 90))
+            end = start + timedelta(days=365)
+        elif timing == "ts-over":
+            start = at - timedelta(days=rng.randrange(420, 600))
+            end = at + timedelta(days=rng.randrange(180, 720))
+        else:
+            start = at - timedelta(
+                days=rng.randrange(1, 180 if "TS:12" in profile.purposes else 700)
+            )
+            end = at + timedelta(days=rng.randrange(180, 1800))
+        grantee = profile.grantee
+        if not grantee.startswith("class:"):
+            grantee = self.users[grantee][0].name
+        consent = _Consent(
+            consent_id=f"c{len(holder.consents) + 1}",
+            profile=profile.name,
+            grantee=grantee,
+            purposes=[duo(p) for p in profile.purposes],
+            categories=sorted(profile.categories),
+            valid_from=start,
+            valid_until=end,
+            share_bp=rng.choice((0, 500, 1000, 2500, 5000, 10000)),
+        )
+        holder.consents.append(consent)
+        self.granted[profile.name] += 1
+        self.batch.add(
+            holder.signer,
+            "consent.grant",
+            {
+                "consent_id": consent.consent_id,
+                "patient": holder.patient,
+                "grantee": consent.grantee,
+                "purposes": consent.purposes,
+                "categories": consent.categories,
+                "valid_from": format_time(start),
+                "valid_until": format_time(end),
+                "share_bp": consent.share_bp,
+            },
+        )
+
+    def change(self) -> None:
+        """Some patients narrow a consent, some revoke one; a few try what is refused."""
+        rng = self.rng
+        free = [h for h in self.holders.values() if not h.pinned]
+        for holder in free:
+            consent = holder.consents[-1]
+            roll = rng.random()
+            if roll < 0.08:
+                self.revoke(holder, consent)
+            elif roll < 0.2:
+                self.narrow(holder, consent)
+        if not self.revoked:  # at least one of each, however small the run
+            self.revoke(free[0], free[0].consents[-1])
+        # refused on purpose
+        first, second = [h for h in free if h.ward_of is None][:2]
+        body = {"consent_id": "c1", "patient": second.patient}
+        self.batch.add(first.signer, "consent.revoke", body, expect="not-your-consent")
+        revoked = next(h for h in free if any(c.revoked for c in h.consents))
+        gone = next(c for c in revoked.consents if c.revoked)
+        self.batch.add(
+            revoked.signer,
+            "consent.narrow",
+            {"consent_id": gone.consent_id, "patient": revoked.patient, "remove_categories": [RX]},
+            expect="consent-revoked",
+        )
+        live = next(h for h in free if not h.consents[-1].revoked)
+        later = live.consents[-1].valid_until + timedelta(days=365)
+        self.batch.add(
+            live.signer,
+            "consent.narrow",
+            {
+                "consent_id": live.consents[-1].consent_id,
+                "patient": live.patient,
+                "valid_until": format_time(later),
+            },
+            expect="consent-broadened",
+        )
+        self.batch.add(
+            first.signer,
+            "consent.grant",
+            {
+                "consent_id": "c9",
+                "patient": first.patient,
+                "grantee": f"{self.tag}.du-nobody",
+                "purposes": [duo("GRU")],
+                "categories": [RX],
+                "valid_from": format_time(now()),
+                "valid_until": format_time(now() + timedelta(days=365)),
+                "share_bp": 100,
+            },
+            expect="unknown-grantee",
+        )
+        self.batch.flush()
+
+    def revoke(self, holder: _Holder, consent: _Consent) -> None:
+        consent.revoked = True
+        self.revoked += 1
+        body = {"consent_id": consent.consent_id, "patient": holder.patient}
+        self.batch.add(holder.signer, "consent.revoke", body)
+
+    def narrow(self, holder: _Holder, consent: _Consent) -> None:
+        """Drop a category or a permission, or end the consent earlier (some of them now)."""
+        rng = self.rng
+        body: dict[str, Any] = {"consent_id": consent.consent_id, "patient": holder.patient}
+        permissions = [p["code"] for p in consent.purposes if p["code"] in _COVERS]
+        choice = rng.random()
+        if choice < 0.45 and len(consent.categories) > 1:
+            drop = rng.choice(consent.categories)
+            consent.categories = [c for c in consent.categories if c != drop]
+            body["remove_categories"] = [drop]
+        elif choice < 0.6 and len(set(permissions)) > 1:
+            drop = rng.choice(sorted(set(permissions)))
+            consent.purposes = [p for p in consent.purposes if p["code"] != drop]
+            body["remove_purposes"] = [drop]
+        else:
+            at = now()
+            if consent.valid_until <= at:
+                return  # an ended consent cannot end earlier
+            if rng.random() < 0.5:  # ends now: a narrowing is never retroactive
+                consent.valid_until = at
+                body["valid_until"] = format_time(at - timedelta(hours=1))
+            else:
+                end = at + timedelta(days=rng.randrange(30, 120))
+                if end >= consent.valid_until:
+                    return
+                consent.valid_until = end
+                body["valid_until"] = format_time(end)
+        self.narrowed += 1
+        self.batch.add(holder.signer, "consent.narrow", body)
+
+    # -- uses ------------------------------------------------------------------------
+
+    def expected(
+        self, user: str, spec: UseSpec, cohort: list[str], at: datetime
+    ) -> tuple[dict[str, int], dict[str, str]]:
+        """The model's decision: ``({permitted patient: weight}, {denied patient: reason})``."""
+        signer, user_class = self.users[user]
+        purpose, categories = duo(spec.purpose), sorted(spec.categories)
+        permitted: dict[str, int] = {}
+        denied: dict[str, str] = {}
+        for patient in cohort:
+            holder = self.holders.get(patient)
+            if holder is None:
+                denied[patient] = "no-consent"
+                continue
+            reasons = [
+                c.why_not(signer.name, user_class, purpose, categories, at) for c in holder.consents
+            ]
+            shares = [
+                c.share_bp for c, r in zip(holder.consents, reasons, strict=True) if r is None
+            ]
+            if shares:
+                permitted[patient] = max(shares)
+            else:
+                denied[patient] = str(reasons[-1])
+        return permitted, denied
+
+    def preview(self, use_id: str, spec: UseSpec, cohort: list[str]) -> tuple[str, dict[str, Any]]:
+        """Preview a use as its data user would, and compare it with the model."""
+        moment = now()
+        at = format_time(moment)
+        signer, _ = self.users[spec.user]
+        result = preview_use(
+            self.world.ledger.engine,
+            data_user=signer.name,
+            use_id=use_id,
+            at=at,
+            purpose=duo(spec.purpose),
+            categories=sorted(spec.categories),
+            patients=cohort,
+        )
+        permitted, denied = self.expected(spec.user, spec, cohort, parse_time(at))
+        if set(result["permitted"]) != set(permitted):
+            for patient in set(result["permitted"]) ^ set(permitted):
+                got = "permitted" if patient in result["permitted"] else "denied"
+                want = "permitted" if patient in permitted else f"denied ({denied[patient]})"
+                self.batch.unexpected[f"data.use preview: expected {want}, got {got}"] += 1
+        return at, result
+
+    def use(self, n: int, spec: UseSpec, cohort: list[str], *, mismatch: bool = False) -> None:
+        use_id = f"{self.tag}.use-{n:02d}"
+        signer, _ = self.users[spec.user]
+        body = {
+            "use_id": use_id,
+            "purpose": duo(spec.purpose),
+            "categories": sorted(spec.categories),
+        }
+        at, result = self.preview(use_id, spec, cohort)
+        if mismatch and self.narrow_one(spec, result["permitted"]):
+            # a patient narrowed their consent between the preview and the use: refused
+            self.batch.add(
+                signer,
+                "data.use",
+                {**body, **result["body_fields"]},
+                payload={"patients": cohort},
+                issued_at=at,
+                expect="cohort-mismatch",
+            )
+            self.batch.flush()
+            at, result = self.preview(use_id, spec, cohort)  # preview again
+        self.batch.add(
+            signer,
+            "data.use",
+            {**body, **result["body_fields"]},
+            payload={"patients": cohort},
+            issued_at=at,
+        )
+        self.batch.flush()
+        weights, denied = self.expected(spec.user, spec, cohort, parse_time(at))
+        self.denied_by_reason.update(denied.values())
+        fields = result["body_fields"]
+        self.uses.append(
+            {
+                "use_id": use_id,
+                "data_user": signer.name,
+                "purpose": spec.purpose,
+                "categories": sorted(spec.categories),
+                "requested": fields["requested_count"],
+                "permitted": fields["permitted_count"],
+                "denied": fields["denied_count"],
+                "weights": weights,
+                "paid": 0,
+            }
+        )
+
+    def narrow_one(self, spec: UseSpec, permitted: list[str]) -> bool:
+        """A permitted patient drops one of the use's categories from the consent covering it."""
+        for patient in permitted:
+            holder = self.holders[patient]
+            if holder.pinned or len(holder.consents) != 1:
+                continue
+            consent = holder.consents[0]
+            drop = spec.categories[0]
+            if len(consent.categories) < 2 or drop not in consent.categories:
+                continue
+            consent.categories = [c for c in consent.categories if c != drop]
+            self.narrowed += 1
+            body = {
+                "consent_id": consent.consent_id,
+                "patient": patient,
+                "remove_categories": [drop],
+            }
+            self.batch.add(holder.signer, "consent.narrow", body)
+            return True
+        return False
+
+    def run_uses(self) -> None:
+        rng = self.rng
+        for n, spec in enumerate(USES, start=1):
+            if len(self.patients) <= WHOLE_COHORT:
+                cohort = list(self.patients)
+            else:
+                cohort = rng.sample(
+                    self.patients, len(self.patients) * spec.cohort_per_mille // 1000
+                )
+            self.use(n, spec, cohort, mismatch=spec.user == "registry")
+        # a use over patients none of whom consented: recorded, permitting no one
+        nobody = [p for p in self.patients if p not in self.holders][:20]
+        self.use(len(USES) + 1, UseSpec("pharma", "GRU", (RX,), 0, 0, 0), nobody)
+
+    # -- proceeds --------------------------------------------------------------------
+
+    def proceeds(self) -> None:
+        rng = self.rng
+        for n, (spec, use) in enumerate(zip(USES, self.uses, strict=False), start=1):
+            signer, _ = self.users[spec.user]
+            for k in range(spec.payments):
+                amount = use["permitted"] * spec.rate // (k + 1) + rng.randrange(1, 100)
+                payment_id = f"{self.tag}.pay-{n:02d}{'abcdefgh'[k]}"
+                body = {"use_id": use["use_id"], "payment_id": payment_id, "amount": amount}
+                if use["permitted"] == 0:
+                    self.batch.add(signer, "data.proceeds", body, expect="no-one-to-pay")
+                    continue
+                self.batch.add(signer, "data.proceeds", body)
+                use["paid"] += amount
+                self.payments += 1
+                self.paid += amount
+        # the same payment again, and a payment for the use that permitted no one: refused
+        first, empty = self.uses[0], self.uses[-1]
+        signer = self.users[USES[0].user][0]
+        again = {"use_id": first["use_id"], "payment_id": f"{self.tag}.pay-01a", "amount": 100}
+        self.batch.add(signer, "data.proceeds", again, expect="payment-exists")
+        pharma = self.users["pharma"][0]
+        none = {"use_id": empty["use_id"], "payment_id": f"{self.tag}.pay-99a", "amount": 5000}
+        self.batch.add(pharma, "data.proceeds", none, expect="no-one-to-pay")
+        self.batch.flush()
+
+    # -- the outcome -----------------------------------------------------------------
+
+    def check(self) -> int:
+        """Compare the recorded weights and credits with the model's; the total credited."""
+        credited: Counter[str] = Counter()
+        views = ProjectionReader(self.world.ledger.engine)
+        for use in self.uses:
+            members = views.get(MEMBERS, use["use_id"]) or {"weights": {}}
+            if members["weights"] != use["weights"]:
+                self.batch.unexpected["data.use: recorded weights differ from the model's"] += 1
+        query = select(projections.c.value).where(
+            projections.c.kind == PAYMENT,
+            projections.c.key.startswith(f"{self.tag}.", autoescape=True),
+        )
+        with self.world.ledger.engine.connect() as conn:
+            for value in conn.execute(query).scalars():
+                row = json.loads(value)
+                credited[row["use_id"]] += int(row["amount"])
+        for use in self.uses:
+            if credited[use["use_id"]] != use["paid"]:
+                self.batch.unexpected["data.proceeds: credited differs from paid"] += 1
+        return sum(credited.values())
+
+    def examples(self) -> dict[str, dict[str, str]]:
+        """A patient who revoked a consent, one who was paid, and a guardian with a ward."""
+        out: dict[str, dict[str, str]] = {}
+        signers: list[Signer] = []
+        paid = {p for u in self.uses if u["paid"] for p in u["weights"]}
+        for holder in self.holders.values():
+            if holder.ward_of is not None:
+                if "guardian" not in out:
+                    out["guardian"] = {"guardian": holder.ward_of, "patient": holder.patient}
+                    signers.append(holder.signer)
+                continue
+            revoked = [c for c in holder.consents if c.revoked]
+            if "revoked" not in out and revoked and len(holder.consents) == 1:
+                out["revoked"] = {"patient": holder.patient, "consent_id": revoked[0].consent_id}
+                signers.append(holder.signer)
+            elif "paid" not in out and holder.patient in paid:
+                out["paid"] = {"patient": holder.patient}
+                signers.append(holder.signer)
+        if self.wallet_key_dir is not None:
+            for signer in signers:
+                path = self.wallet_key_dir / f"{signer.name}.skey"
+                write_key_file(path, signer.skey)
+                self.key_files.append(str(path))
+        return out
+
+    def report(self) -> dict[str, Any]:
+        credited = self.check()
+        examples = self.examples()
+        permitted = sum(u["permitted"] for u in self.uses)
+        return {
+            "data_users": {signer.name: cls for signer, cls in self.users.values()},
+            "patients_with_wallet": sum(1 for h in self.holders.values() if h.ward_of is None),
+            "wards": sum(1 for h in self.holders.values() if h.ward_of is not None),
+            "consents": {
+                "granted": sum(self.granted.values()),
+                "narrowed": self.narrowed,
+                "revoked": self.revoked,
+                "by_profile": dict(sorted(self.granted.items())),
+            },
+            "uses": {
+                "recorded": len(self.uses),
+                "requested": sum(u["requested"] for u in self.uses),
+                "permitted": permitted,
+                "denied": sum(u["denied"] for u in self.uses),
+                "denied_by_reason": {r: self.denied_by_reason[r] for r in DENIAL_REASONS},
+                "each": [{k: v for k, v in u.items() if k != "weights"} for u in self.uses],
+            },
+            "proceeds": {
+                "payments": self.payments,
+                "paid": self.paid,
+                "credited": credited,
+                "patients_paid": len({p for u in self.uses if u["paid"] for p in u["weights"]}),
+            },
+            "example_wallets": examples,
+        }
+
+
 def plan_categories(prescriptions: int, rng: random.Random) -> list[str]:
     """Which scenario each prescription follows: the error categories, then normal."""
     special: list[str] = []
@@ -898,6 +1526,7 @@ def run_demo(
     key_dir: Path | None = None,
     batch_size: int = 500,
     progress: Progress | None = None,
+    wallet_key_dir: Path | None = None,
 ) -> DemoReport:
     """Build the synthetic world in ``ledger`` and run ``prescriptions`` prescriptions.
 
@@ -953,6 +1582,14 @@ def run_demo(
         batch.flush()
     report_progress()
 
+    # the data wallet: patients' consents, data uses over cohorts, proceeds
+    wallets = _Wallets(world, wallet_key_dir)
+    wallets.setup()
+    wallets.change()
+    wallets.run_uses()
+    wallets.proceeds()
+    wallet = wallets.report()
+
     decisions, failed, examples = _decisions(ledger, tag)
     head = ledger.reader.head().size
     return DemoReport(
@@ -980,6 +1617,8 @@ def run_demo(
         example_claims=examples,
         settlement_key_files=key_files,
         unexpected=dict(sorted(batch.unexpected.items())),
+        wallet=wallet,
+        wallet_key_files=wallets.key_files,
     )
 
 

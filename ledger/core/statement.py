@@ -63,10 +63,19 @@ def parse_time(text: str, *, field: str = "time") -> datetime:
         raise EncodingError(
             f"{field}: expected RFC 3339 UTC time like 2026-11-23T08:15:00Z, got {text!r:.60}"
         )
+    moment = _fromisoformat(text)
+    if moment is None:
+        raise EncodingError(f"{field}: not a valid date and time: {text!r}")
+    return moment
+
+
+@functools.lru_cache(maxsize=8192)
+def _fromisoformat(text: str) -> datetime | None:
+    """Cached: a record's times are parsed several times over as it is checked."""
     try:
         return datetime.fromisoformat(text)
-    except ValueError as e:
-        raise EncodingError(f"{field}: not a valid date and time: {text!r}") from e
+    except ValueError:
+        return None
 
 
 def instant(text: str) -> str:

@@ -73,8 +73,11 @@ def authorize(
     allowed_roles: frozenset[str],
     purpose: str = "general",
 ) -> Document:
-    """The actor behind ``statement`` if its key and role may make it; else reject."""
-    actor = get_actor(state, statement.actor)
+    """The actor behind ``statement`` if its key and role may make it; else reject.
+
+    The returned document is shared with the state: read it, never change it.
+    """
+    actor = state.peek(KIND, statement.actor)  # read only: no copy on the hot path
     if actor is None:
         raise RejectionError("unknown-actor", f"actor {statement.actor!r} is not registered")
     grant = key_grant(actor, statement.key)

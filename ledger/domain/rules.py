@@ -8,7 +8,6 @@ by ``body.payload_digest``), for the types whose rules read it.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from ledger.core.canonical import parse_json
@@ -61,7 +60,14 @@ def decide(
     The rules see ``issued_at`` normalized (:func:`instant`), as every time
     they store, so that comparing times as strings is comparing instants.
     """
-    statement = replace(statement, issued_at=instant(statement.issued_at))
+    statement = Statement(
+        statement.type,
+        statement.actor,
+        statement.key,
+        instant(statement.issued_at),
+        statement.nonce,
+        statement.body,
+    )
     kind = statement.type
     # Registry statements authorize themselves: who may sign depends on the target.
     if kind == "actor.register":

@@ -72,6 +72,11 @@ class State(Protocol):
         """Several documents of one kind at once (one query, not one per key)."""
         ...
 
+    def peek(self, kind: str, key: str) -> Document | None:
+        """Like :meth:`get`, for a caller that only reads: it may share the
+        stored document, so it must never be changed."""
+        ...
+
 
 def clone(value: Any) -> Any:
     """A deep copy of a JSON-like value (dicts, lists, scalars): several times
@@ -115,6 +120,14 @@ class MemoryState:
         else:
             return None
         return clone(found) if found is not None else None
+
+    def peek(self, kind: str, key: str) -> Document | None:
+        address = (kind, key)
+        if address not in self.data:
+            if self.base is None:
+                return None
+            self.data[address] = self.base.peek(kind, key)
+        return self.data[address]
 
     def get_many(self, kind: str, keys: list[str]) -> dict[str, Document | None]:
         missing = [k for k in keys if (kind, k) not in self.data]

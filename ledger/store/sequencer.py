@@ -153,6 +153,8 @@ class Sequencer:
         self._docs: dict[tuple[str, str], Document | None] = {}
         self._docs_size = -1
         self._docs_lock = threading.Lock()
+        # The tree's frontier after our last commit: (size, head hash, nodes).
+        self._frontier: tuple[int, bytes, dict[merkle.NodeId, bytes]] | None = None
         self.log_signer = log_signer
         self.origin = origin
         self.clock = clock
@@ -338,7 +340,10 @@ class Sequencer:
             ).scalar_one()
         head = _Head(size=size, head_hash=head_hash, last_received_at=last)
         wanted = merkle.frontier(size)
-        if wanted:
+        known = self._frontier
+        if known is not None and known[0] == size and known[1] == head_hash:
+            head.nodes = dict(known[2])  # no other writer since our last commit
+        elif wanted:
             head.nodes = fetch_nodes(conn, wanted)
         return head
 
@@ -436,6 +441,9 @@ class Sequencer:
         size = tree.size
         root = tree.root()
         head_hash = hashes[-1]
+        # Checked against the head under the lock before use, so it is safe to
+        # keep even if this transaction does not commit.
+        self._frontier = (size, head_hash, {n: nodes[n] for n in merkle.frontier(size)})
         note = Checkpoint(
             origin=self.origin, size=size, root_hash=root, extensions=(head_extension(head_hash),)
         ).sign([self.log_signer])

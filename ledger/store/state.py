@@ -81,6 +81,9 @@ class DbState:
             self._cache[(kind, key)] = found
         return found
 
+    def peek(self, kind: str, key: str) -> Document | None:
+        return self.get(kind, key)
+
     def get_many(self, kind: str, keys: list[str]) -> dict[str, Document | None]:
         out: dict[str, Document | None] = {}
         missing = []
