@@ -335,11 +335,11 @@ def check_after_revocation(proof: dict[str, Any], *, log_key: Verifier, origin: 
             )
             if member:
                 included.append(str(body["use_id"]))
+        claimed = list(proof["included"])
     except (KeyError, TypeError, ValueError) as e:
         raise VerificationError(f"proof is malformed: {type(e).__name__}: {e}") from e
-    if included != list(proof["included"]):
+    if included != claimed:
         raise VerificationError(
-            f"proof says the patient was included in {proof['included']}, the records say "
-            f"{included}"
+            f"proof says the patient was included in {claimed}, the records say {included}"
         )
     return included

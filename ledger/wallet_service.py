@@ -81,10 +81,7 @@ def patient_consents(engine: Engine, patient: str) -> dict[str, Any]:
     now_ = _now()
     consents = []
     for consent in doc["consents"]:
-        in_force = (
-            consent["revoked_at"] is None and consent["valid_from"] <= now_ < consent["valid_until"]
-        )
-        consents.append({**consent, "in_force": in_force})
+        consents.append({**consent, "in_force": wallet.in_force(consent, now_)})
     return {"patient": patient, "consents": consents}
 
 
@@ -114,7 +111,14 @@ def patient_uses(
 def patient_balance(engine: Engine, patient: str) -> dict[str, Any]:
     views = ProjectionReader(engine)
     wallet_doc = views.get(wallet.WALLET, patient) or {"balance": 0, "payments": 0}
-    payments = views.page(wallet.PAYMENT, patient=patient, limit=1000)
+    payments: list[dict[str, Any]] = []
+    before: int | None = None
+    while True:  # every payment, newest first, in pages
+        page = views.page(wallet.PAYMENT, patient=patient, before_seq=before, limit=1000)
+        payments.extend(page)
+        if len(page) < 1000:
+            break
+        before = page[-1]["_seq"]
     for p in payments:
         p.pop("_seq", None)
     return {"patient": patient, "balance": wallet_doc["balance"], "payments": payments}

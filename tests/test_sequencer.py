@@ -27,7 +27,7 @@ from ledger.domain.rules import decide
 from ledger.domain.state import MemoryState
 from ledger.store.audit import verify_database
 from ledger.store.schema import checkpoints, records
-from ledger.store.sequencer import Receipt, Submission
+from ledger.store.sequencer import MAX_BATCH, Receipt, Submission
 from tests.conftest import (
     BACKENDS,
     LedgerEnv,
@@ -560,3 +560,25 @@ def test_accepted_statements_are_exactly_the_records_added(
         assert got == expected
         assert [o.seq for o in new] == list(range(size, size + added))
     verify_database(env.ledger.engine)
+
+
+def test_a_batch_signed_by_a_thousand_actors(ledger_env: LedgerEnv) -> None:
+    """The replay lookup groups by actor; SQLite refuses expressions deeper than
+    1,000, so a full batch of distinct signers must still go through."""
+    signers = [Signer.generate(f"P-many-{i:04d}") for i in range(MAX_BATCH)]
+    registered = ledger_env.ledger.append(
+        [
+            Submission(
+                make_statement(
+                    ledger_env.registrar,
+                    "actor.register",
+                    {"actor": s.name, "role": "patient", "key": s.vkey},
+                )
+            )
+            for s in signers
+        ]
+    )
+    assert all(isinstance(o, Receipt) for o in registered)
+    attested = ledger_env.ledger.append([Submission(attest(s)) for s in signers])
+    assert all(isinstance(o, Receipt) for o in attested)
+    assert len({o.seq for o in attested if isinstance(o, Receipt)}) == MAX_BATCH

@@ -47,7 +47,7 @@ async def preview(request: Request, ledger: LedgerDep, actor: ActorDep) -> dict[
     f.only(body, {"use_id", "issued_at", "purpose", "categories", "patients"}, "body")
     use_id = f.id_field(body, "use_id", "body")
     at = f.time_field(body, "issued_at", "body")
-    purpose = rules.parse_purpose(body.get("purpose"), "body.purpose")
+    purpose = rules.parse_use_purpose(body.get("purpose"), "body.purpose")
     categories = rules.parse_categories(body, "categories", "body")
     patients = f.list_field(body, "patients", "body", min_len=1, max_len=rules.MAX_COHORT)
     for i, patient in enumerate(patients):

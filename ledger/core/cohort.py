@@ -77,7 +77,10 @@ def verify_membership(
     """Check ``proof``; return whether ``patient`` is a member. Raises on a bad proof."""
     target = member_value(use_id, patient)
     if proof.get("member") is True:
-        _, value = _check_leaf(proof["leaf"], count, root)
+        leaf = proof.get("leaf")
+        if not isinstance(leaf, Mapping):
+            raise ProofError("membership proof has no leaf")
+        _, value = _check_leaf(leaf, count, root)
         if value != target:
             raise ProofError("membership proof is for another member")
         return True

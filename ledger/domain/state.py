@@ -51,6 +51,9 @@ class Put:
     tags: str | None = None
     #: the seq of the record that wrote it
     seq: int = -1
+    #: the document is new under a key that cannot exist yet (a fresh use's
+    #: members, a new payment): the store may insert it without looking
+    fresh: bool = False
 
 
 Effect = Put
@@ -75,6 +78,10 @@ class State(Protocol):
     def peek(self, kind: str, key: str) -> Document | None:
         """Like :meth:`get`, for a caller that only reads: it may share the
         stored document, so it must never be changed."""
+        ...
+
+    def peek_many(self, kind: str, keys: list[str]) -> dict[str, Document | None]:
+        """Like :meth:`get_many`, read-only (shared documents, never changed)."""
         ...
 
 
@@ -130,15 +137,16 @@ class MemoryState:
         return self.data[address]
 
     def get_many(self, kind: str, keys: list[str]) -> dict[str, Document | None]:
+        return {
+            k: clone(v) if v is not None else None for k, v in self.peek_many(kind, keys).items()
+        }
+
+    def peek_many(self, kind: str, keys: list[str]) -> dict[str, Document | None]:
         missing = [k for k in keys if (kind, k) not in self.data]
         if missing and self.base is not None:
-            for key, found in self.base.get_many(kind, missing).items():
+            for key, found in self.base.peek_many(kind, missing).items():
                 self.data[(kind, key)] = found
-        out: dict[str, Document | None] = {}
-        for key in keys:
-            found = self.data.get((kind, key))
-            out[key] = clone(found) if found is not None else None
-        return out
+        return {key: self.data.get((kind, key)) for key in keys}
 
     def apply(self, effects: list[Effect]) -> None:
         """Apply the effects of one accepted statement and count its record."""

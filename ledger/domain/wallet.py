@@ -37,6 +37,7 @@
 
 from __future__ import annotations
 
+import calendar
 from datetime import datetime
 from typing import Any
 
@@ -80,9 +81,24 @@ def _permission_covers(granted: dict[str, Any], wanted: dict[str, Any]) -> bool:
 def _months_after(start: str, months: int) -> str:
     moment = datetime.fromisoformat(start)
     year, month = divmod(moment.month - 1 + months, 12)
-    day = min(moment.day, 28)
+    day = min(moment.day, calendar.monthrange(moment.year + year, month + 1)[1])
     return moment.replace(year=moment.year + year, month=month + 1, day=day).strftime(
         "%Y-%m-%dT%H:%M:%S.%fZ"
+    )
+
+
+def in_force(consent: Document, at: str) -> bool:
+    """Is the consent in force at ``at``: not revoked, within its period and any time limit?"""
+    if consent["revoked_at"] is not None:
+        # A recorded revocation ends the consent for every use sequenced after
+        # it, whatever time that use states (no back-dating around it).
+        return False
+    if not consent["valid_from"] <= at < consent["valid_until"]:
+        return False
+    return all(
+        at < _months_after(consent["valid_from"], p["months"])
+        for p in consent["purposes"]
+        if p["code"] == TS
     )
 
 
@@ -95,9 +111,7 @@ def covers(
     categories: list[str],
 ) -> bool:
     """Does ``consent`` permit this use by ``data_user`` at ``at``?"""
-    if consent["revoked_at"] is not None and at >= consent["revoked_at"]:
-        return False
-    if not consent["valid_from"] <= at < consent["valid_until"]:
+    if not in_force(consent, at):
         return False
     grantee = consent["grantee"]
     user_class = data_user.get("data_user_class") or "commercial"
@@ -115,8 +129,6 @@ def covers(
     for modifier in purposes:
         code = modifier["code"]
         if code in (NCU, NPU) and user_class == "commercial":
-            return False
-        if code == TS and at >= _months_after(consent["valid_from"], modifier["months"]):
             return False
     return set(categories) <= set(consent["categories"])
 
@@ -154,6 +166,14 @@ def parse_purpose(raw: object, where: str) -> dict[str, Any]:
     elif "months" in raw:
         raise f.malformed(f"{where}.months", "only TS (DUO:0000025) takes months")
     return out
+
+
+def parse_use_purpose(raw: object, where: str) -> dict[str, Any]:
+    """A use's purpose: exactly one DUO permission term (GRU, HMB, DS with disease, POA)."""
+    purpose = parse_purpose(raw, where)
+    if purpose["code"] not in PERMISSIONS:
+        raise f.malformed(where, "a use states one DUO permission (GRU, HMB, DS, POA)")
+    return purpose
 
 
 def parse_categories(obj: dict[str, Any], name: str, where: str, *, min_len: int = 1) -> list[str]:
@@ -254,9 +274,19 @@ def decide_narrow(state: State, statement: Statement, *, seq: int) -> list[Effec
         "body",
     )
     doc, consent = _find(state, statement, body)
+    if consent["valid_until"] <= statement.issued_at:
+        raise RejectionError(
+            "consent-ended", f"consent {consent['consent_id']!r} ended at {consent['valid_until']}"
+        )
     remove = body.get("remove_purposes", [])
     if not isinstance(remove, list) or not all(isinstance(c, str) for c in remove):
         raise f.malformed("body.remove_purposes", "expected a list of DUO codes")
+    if any(code in MODIFIERS for code in remove):
+        raise RejectionError(
+            "consent-broadened",
+            "a modifier (non-commercial, not-for-profit, time limit, publication) restricts "
+            "a consent: removing it would broaden it",
+        )
     purposes = [p for p in consent["purposes"] if p["code"] not in remove]
     if not any(p["code"] in PERMISSIONS for p in purposes):
         raise f.malformed("body.remove_purposes", "a consent keeps at least one permission")
@@ -273,7 +303,8 @@ def decide_narrow(state: State, statement: Statement, *, seq: int) -> list[Effec
         valid_until = f.time_field(body, "valid_until", "body")
         if valid_until > consent["valid_until"]:
             raise RejectionError("consent-broadened", "narrowing cannot extend a consent")
-        valid_until = max(valid_until, statement.issued_at)  # no retroactive narrowing
+        # not retroactive, and never reviving a consent that has ended
+        valid_until = min(consent["valid_until"], max(valid_until, statement.issued_at))
     if (purposes, categories, valid_until) == (
         consent["purposes"],
         consent["categories"],
@@ -321,7 +352,7 @@ def evaluate_use(
     weight in a split of proceeds is the largest ``share_bp`` among those.
     """
     del use_id
-    wallets = state.get_many(CONSENTS, patients)
+    wallets = state.peek_many(CONSENTS, patients)  # read only
     permitted: dict[str, int] = {}
     denied: list[str] = []
     for patient in patients:
@@ -358,9 +389,7 @@ def parse_use(
         "body",
     )
     use_id = f.id_field(body, "use_id", "body")
-    purpose = parse_purpose(body.get("purpose"), "body.purpose")
-    if purpose["code"] not in PERMISSIONS or "months" in purpose:
-        raise f.malformed("body.purpose", "a use states one DUO permission (GRU, HMB, DS, POA)")
+    purpose = parse_use_purpose(body.get("purpose"), "body.purpose")
     categories = parse_categories(dict(body), "categories", "body")
     if not isinstance(payload, dict):
         raise RejectionError("payload-required", "data.use needs its cohort payload")
@@ -415,7 +444,7 @@ def decide_use(
     }
     effects: list[Effect] = [
         Put(USE, use_id, use, party=statement.actor, seq=seq),
-        Put(MEMBERS, use_id, {"use_id": use_id, "weights": permitted}, seq=seq),
+        Put(MEMBERS, use_id, {"use_id": use_id, "weights": permitted}, seq=seq, fresh=True),
     ]
     effects.extend(
         Put(
@@ -425,6 +454,7 @@ def decide_use(
             patient=p,
             party=statement.actor,
             seq=seq,
+            fresh=True,
         )
         for p, share in sorted(permitted.items())
     )
@@ -491,6 +521,7 @@ def decide_proceeds(state: State, statement: Statement, *, seq: int) -> list[Eff
                 patient=patient,
                 party=use["data_user"],
                 seq=seq,
+                fresh=True,
             )
         )
     return effects

@@ -57,7 +57,7 @@ from ledger.domain.rules import decide
 from ledger.domain.state import Document, MemoryState, Put, State
 from ledger.store.db import WRITE, is_sqlite
 from ledger.store.schema import checkpoints, log_head, merkle_nodes, payloads, records
-from ledger.store.state import DbState, bulk_insert, pairs_in, project
+from ledger.store.state import DbState, bulk_insert, pair_chunks, pairs_in, project
 
 log = logging.getLogger("rxledger.sequencer")
 MAX_BATCH = 1000
@@ -363,11 +363,15 @@ class Sequencer:
                 outcomes[p.index] = _replayed(statement.actor, statement.nonce)
         if not seen:
             return
-        rows = conn.execute(
-            select(records.c.seq, records.c.actor, records.c.nonce, records.c.record_bytes).where(
-                pairs_in(records.c.actor, records.c.nonce, list(seen))
-            )
-        ).all()
+        rows = [
+            row
+            for chunk in pair_chunks(list(seen))
+            for row in conn.execute(
+                select(
+                    records.c.seq, records.c.actor, records.c.nonce, records.c.record_bytes
+                ).where(pairs_in(records.c.actor, records.c.nonce, chunk))
+            ).all()
+        ]
         for row in rows:
             for p in pending:
                 statement = p.submission.signed.statement

@@ -27,6 +27,22 @@ def pairs_in(
     return or_(*(and_(first == a, second.in_(bs)) for a, bs in grouped.items()))
 
 
+def pair_chunks(
+    pairs: Sequence[tuple[Any, Any]], *, max_groups: int = 200
+) -> list[list[tuple[Any, Any]]]:
+    """Split ``pairs`` so that each chunk has at most ``max_groups`` distinct first
+    values: SQLite refuses an expression tree deeper than 1,000 (one OR term
+    per group in :func:`pairs_in`)."""
+    groups: dict[Any, list[tuple[Any, Any]]] = {}
+    for pair in pairs:
+        groups.setdefault(pair[0], []).append(pair)
+    ordered = list(groups.values())
+    return [
+        [pair for group in ordered[i : i + max_groups] for pair in group]
+        for i in range(0, len(ordered), max_groups)
+    ]
+
+
 def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     """Insert many rows in the connection's transaction.
 
@@ -84,6 +100,9 @@ class DbState:
     def peek(self, kind: str, key: str) -> Document | None:
         return self.get(kind, key)
 
+    def peek_many(self, kind: str, keys: list[str]) -> dict[str, Document | None]:
+        return self.get_many(kind, keys)
+
     def get_many(self, kind: str, keys: list[str]) -> dict[str, Document | None]:
         out: dict[str, Document | None] = {}
         missing = []
@@ -123,7 +142,7 @@ def project(connection: Connection, effects: Iterable[Put]) -> None:
         last[(put.kind, put.key)] = put
     if not last:
         return
-    addresses = list(last)
+    addresses = [a for a, p in last.items() if not p.fresh]
     for start in range(0, len(addresses), 500):
         chunk = addresses[start : start + 500]
         connection.execute(
