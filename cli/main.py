@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -55,6 +56,8 @@ class LedgerGroup(click.Group):
         except BrokenPipeError:  # the reader went away (``| head``): not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
+        except httpx.HTTPError as e:
+            raise Failure(f"cannot reach the ledger: {type(e).__name__}: {e}") from None
         except SQLAlchemyError as e:
             cause = getattr(e, "orig", None) or e
             first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
@@ -519,6 +522,11 @@ def prove_consistency(database_url: str | None, first: int, second: int | None) 
         )
     )
 
+
+# The patient's wallet commands (cli/wallet.py), which fail with this module's Failure.
+from cli.wallet import wallet  # noqa: E402
+
+main.add_command(wallet)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

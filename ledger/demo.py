@@ -1240,6 +1240,8 @@ class _Wallets:
     def narrow(self, holder: _Holder, consent: _Consent) -> None:
         """Drop a category or a permission, or end the consent earlier (some of them now)."""
         rng = self.rng
+        if consent.valid_until <= now():
+            return  # an ended consent is not narrowed (consent-ended)
         body: dict[str, Any] = {"consent_id": consent.consent_id, "patient": holder.patient}
         permissions = [p["code"] for p in consent.purposes if p["code"] in _COVERS]
         choice = rng.random()
@@ -1371,6 +1373,8 @@ class _Wallets:
             consent = holder.consents[0]
             drop = spec.categories[0]
             if len(consent.categories) < 2 or drop not in consent.categories:
+                continue
+            if consent.valid_until <= now():
                 continue
             consent.categories = [c for c in consent.categories if c != drop]
             self.narrowed += 1

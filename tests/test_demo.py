@@ -4,7 +4,11 @@ The world runs on SQLite and on PostgreSQL (``ledger_env``). One run of about
 200 prescriptions per backend is checked for: every rejection category by
 code, all three decision outcomes, a database that verifies, a replay that
 gives the projections row for row, no patient identity and no drug name in any
-record, and example claims whose audit trails check offline.
+record, and example claims whose audit trails check offline. Its data wallet:
+consents of every kind, data uses that deny patients for every reason (the
+demo's own model of the consents agrees with the rules on every patient),
+proceeds credited in full, every wallet refusal by code, and example wallets
+whose after-revocation proof checks offline.
 """
 
 from __future__ import annotations
@@ -19,15 +23,22 @@ from click.testing import CliRunner, Result
 from sqlalchemy import select
 
 from cli.main import main
-from ledger.client import check_trail
+from ledger.client import check_after_revocation, check_trail
 from ledger.core.note import Verifier
 from ledger.core.record import Record
-from ledger.demo import CATALOGUE, DemoReport, run_demo
+from ledger.demo import CATALOGUE, DENIAL_REASONS, USES, WALLET_REFUSALS, DemoReport, run_demo
 from ledger.domain.settlement import OUTCOMES
 from ledger.service import claim_trail, init_ledger, read_key_file
 from ledger.store.audit import replayed_projections, verify_database
 from ledger.store.reader import ProjectionReader
 from ledger.store.schema import payloads, records
+from ledger.wallet_service import (
+    after_revocation,
+    patient_balance,
+    patient_consents,
+    patient_uses,
+    released,
+)
 from tests.conftest import LedgerEnv, make_ledger_env
 
 #: statements the demo has refused on purpose, by code
@@ -73,13 +84,18 @@ def check_privacy(env: LedgerEnv) -> None:
             assert name.encode() not in lowered, f"drug name {name!r} in a record"
         record = Record.from_bytes(data)
         statement = record.fields
-        for path, value in strings(statement["body"], "body"):
-            if path.endswith(".patient"):
+        body = statement["body"]
+        for path, value in strings(body, "body"):
+            if path.endswith((".patient", ".guardian_of[]")):
                 assert PSEUDONYM.fullmatch(value), f"patient {value!r} is not a pseudonym"
             assert not ID_LIKE.fullmatch(value), f"{path} = {value!r} looks like an ID number"
             if path.endswith("display_name"):
-                assert statement["body"]["role"] != "patient"
-        assert statement["body"].get("role") != "patient"  # patients are pseudonyms only
+                assert body["role"] != "patient"
+        if body.get("role") == "patient":  # a patient with a wallet: a pseudonym, no name
+            assert PSEUDONYM.fullmatch(body["actor"]), body["actor"]
+            assert "display_name" not in body
+        if statement["type"] == "data.use":  # the cohort is in the payload, off the record
+            assert not PSEUDONYM.search(data.decode()), "a data.use record names a patient"
 
 
 def check_report(report: DemoReport) -> None:
@@ -100,6 +116,69 @@ def check_report(report: DemoReport) -> None:
     data = json.loads(json.dumps(report.to_json()))
     assert data["records_written"] == report.records_written
     assert data["decisions"]["by_outcome"] == report.decisions_by_outcome
+    check_wallet_report(report)
+
+
+def check_wallet_report(report: DemoReport) -> None:
+    wallet, accepted = report.wallet, report.accepted_by_type
+    for code in WALLET_REFUSALS:
+        assert report.refused_by_code.get(code) == 1, f"no wallet statement refused with {code}"
+    consents = wallet["consents"]
+    assert consents["granted"] == accepted["consent.grant"] == sum(consents["by_profile"].values())
+    assert consents["narrowed"] == accepted["consent.narrow"] > 0
+    assert consents["revoked"] == accepted["consent.revoke"] > 0
+    assert wallet["wards"] >= 1
+    uses = wallet["uses"]
+    assert uses["recorded"] == accepted["data.use"] == len(USES) + 1
+    assert uses["requested"] == uses["permitted"] + uses["denied"]
+    # every reason a patient's data is not released shows up (the model agreed: no unexpected)
+    assert set(uses["denied_by_reason"]) == set(DENIAL_REASONS)
+    for reason, count in uses["denied_by_reason"].items():
+        assert count > 0, f"no patient denied for {reason}"
+    assert sum(uses["denied_by_reason"].values()) == uses["denied"]
+    assert uses["each"][-1]["permitted"] == 0  # the use that permitted no one
+    proceeds = wallet["proceeds"]
+    assert proceeds["payments"] == accepted["data.proceeds"] > 0
+    assert proceeds["paid"] == proceeds["credited"] == sum(u["paid"] for u in uses["each"])
+    assert set(wallet["example_wallets"]) == {"revoked", "paid", "guardian"}
+
+
+def check_wallets(env: LedgerEnv, report: DemoReport) -> None:
+    """The recorded uses and the example wallets, through the service's reads."""
+    engine = env.ledger.engine
+    for use in report.wallet["uses"]["each"]:
+        found = released(engine, use["use_id"])
+        assert (found["requested_count"], found["permitted_count"], found["paid"]) == (
+            use["requested"],
+            use["permitted"],
+            use["paid"],
+        )
+        assert len(found["permitted"]) == use["permitted"]
+    examples = report.wallet["example_wallets"]
+
+    revoked = examples["revoked"]
+    proof = after_revocation(engine, revoked["patient"], revoked["consent_id"])
+    verifier = Verifier.from_vkey(env.log_vkey)
+    assert check_after_revocation(proof, log_key=verifier, origin=env.origin) == []
+    assert {u["use_id"] for u in proof["uses"]} == {
+        u["use_id"] for u in report.wallet["uses"]["each"]
+    }
+    (consent,) = patient_consents(engine, revoked["patient"])["consents"]
+    assert consent["revoked_seq"] == proof["revoked_seq"]
+    assert not consent["in_force"]
+
+    paid = examples["paid"]["patient"]
+    balance = patient_balance(engine, paid)
+    assert balance["balance"] == sum(p["amount"] for p in balance["payments"]) > 0
+    assert patient_uses(engine, paid)["uses"]
+
+    guardian = examples["guardian"]
+    ward = patient_consents(engine, guardian["patient"])["consents"]
+    assert ward
+    assert all(c["granted_by"] == guardian["guardian"] for c in ward)
+    actor = ProjectionReader(engine).get("actor", guardian["guardian"])
+    assert actor is not None
+    assert actor["guardian_of"] == [guardian["patient"]]
 
 
 def test_demo_world(ledger_env: LedgerEnv, tmp_path: Path) -> None:
@@ -114,9 +193,18 @@ def test_demo_world(ledger_env: LedgerEnv, tmp_path: Path) -> None:
         key_dir=tmp_path / "settlement",
         batch_size=250,
         progress=lambda done, total: seen.append((done, total)),
+        wallet_key_dir=tmp_path / "wallets",
     )
     check_report(report)
     assert seen[-1] == (200, 200)
+
+    # the example patients' keys are on disk for `rxledger wallet`, private
+    assert len(report.wallet_key_files) == 3
+    for name in report.wallet_key_files:
+        path = Path(name)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        signer = read_key_file(path)
+        assert PSEUDONYM.fullmatch(signer.name)
 
     # the settlement keys are on disk for `rxledger serve`, private, and registered
     assert len(report.settlement_key_files) == report.actors["insurers"]
@@ -135,6 +223,7 @@ def test_demo_world(ledger_env: LedgerEnv, tmp_path: Path) -> None:
     assert replayed_projections(engine) == views.all_rows()
 
     check_privacy(env)
+    check_wallets(env, report)
 
     verifier = Verifier.from_vkey(env.log_vkey)
     for outcome, claim_id in report.example_claims.items():
@@ -147,7 +236,7 @@ def test_demo_world(ledger_env: LedgerEnv, tmp_path: Path) -> None:
 
 def comparable(report: DemoReport) -> dict[str, Any]:
     data = report.to_json()
-    for varying in ("seconds", "records_per_second", "settlement_key_files"):
+    for varying in ("seconds", "records_per_second", "settlement_key_files", "wallet_key_files"):
         del data[varying]
     return data
 
@@ -203,6 +292,8 @@ def test_cli_demo(tmp_path: Path) -> None:
     assert data["unexpected"] == {}
     assert data["records_written"] > 60
     assert set(data["example_claims"]) == set(OUTCOMES)
+    assert data["wallet"]["uses"]["recorded"] == len(USES) + 1
+    assert data["wallet"]["proceeds"]["paid"] == data["wallet"]["proceeds"]["credited"]
     keys = tmp_path / "home" / "keys"
     assert (keys / "registrar.skey").is_file()  # the demo initialized the ledger
     assert len(list((keys / "settlement").glob("*.skey"))) == 3
