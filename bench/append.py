@@ -1,0 +1,381 @@
+"""Append throughput: the sequencer against plain INSERTs of the same statements.
+
+For each backend (SQLite temp file, fresh PostgreSQL database) and batch size
+(1, 100, 1000) a fresh interpreter (so its peak RSS is its own):
+
+- initializes a ledger in a fresh database,
+- signs ``doc.attest`` statements in chunks (not timed: signing is the
+  client's cost), then for each chunk
+- inserts them as plain rows (seq, JCS statement bytes, signature) into one
+  table ``bench_plain`` with ``executemany``, one transaction per batch
+  (the baseline), and
+- appends them with ``Ledger.append`` in the same batch size,
+
+timing each batch. Reported: records/s, ratio to the baseline, p50/p99 batch
+latency, peak RSS.
+
+Goals: >= 3,000 records/s in batches on PostgreSQL; >= 40% of the baseline.
+
+    .venv/bin/python bench/append.py            # real run (a few minutes)
+    .venv/bin/python bench/append.py --quick    # smoke run (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C
+
+BATCHES = (1, 100, 1000)
+GOAL_PG_RATE = 3000.0
+GOAL_RATIO = 0.40
+
+
+def _plain_table(conn, sqlite: bool) -> None:  # type: ignore[no-untyped-def]
+    blob = "BLOB" if sqlite else "BYTEA"
+    conn.exec_driver_sql(
+        f"CREATE TABLE bench_plain (seq BIGINT PRIMARY KEY, statement {blob} NOT NULL, "
+        f"signature {blob} NOT NULL)"
+    )
+
+
+def worker(backend: str, batch: int, n: int, warmup: int) -> dict:
+    from ledger.store.db import WRITE, is_sqlite
+    from ledger.store.sequencer import Submission
+
+    tmp = tempfile.TemporaryDirectory(prefix="rxl-bench-append-")
+    pg_url = None
+    if backend == "sqlite":
+        url = C.sqlite_url(Path(tmp.name) / "ledger.db")
+    else:
+        pg_url = url = C.create_postgres_database("rxl_bench_append")
+    try:
+        bl = C.open_new_ledger(url, Path(tmp.name) / "keys")
+        engine = bl.ledger.engine
+        sqlite = is_sqlite(engine)
+        server: dict[str, str] = {}
+        with engine.begin() as conn:
+            _plain_table(conn, sqlite)
+            if not sqlite:
+                for name in ("synchronous_commit", "fsync", "shared_buffers", "wal_level"):
+                    server[name] = conn.exec_driver_sql(f"SHOW {name}").scalar()
+            else:
+                server["journal_mode"] = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+                server["synchronous"] = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        placeholder = "?" if sqlite else "%s"
+        insert_sql = (
+            f"INSERT INTO bench_plain (seq, statement, signature) "
+            f"VALUES ({placeholder}, {placeholder}, {placeholder})"
+        )
+
+        # warm-up (not counted): imports, first connections, statement caches
+        if warmup:
+            ws = C.sign_attests(bl.registrar, warmup)
+            bl.ledger.append([Submission(s) for s in ws[:batch]])
+            with engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
+                conn.exec_driver_sql(
+                    insert_sql,
+                    [(-1 - i, s.signed_bytes, s.signature) for i, s in enumerate(ws[:batch])],
+                )
+
+        # chunks small enough to be appended well within the 5-minute skew window
+        chunk = 500 if batch == 1 else 20_000
+        plain_lat: list[float] = []
+        ledger_lat: list[float] = []
+        plain_s = ledger_s = sign_s = 0.0
+        seq = 0
+        done = 0
+        while done < n:
+            k = min(chunk, n - done)
+            t = time.perf_counter()
+            statements = C.sign_attests(bl.registrar, k)
+            sign_s += time.perf_counter() - t
+            # baseline: plain INSERTs, executemany, one transaction per batch
+            for i in range(0, k, batch):
+                rows = [
+                    (seq + j, s.signed_bytes, s.signature)
+                    for j, s in enumerate(statements[i : i + batch])
+                ]
+                t = time.perf_counter()
+                with engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
+                    conn.exec_driver_sql(insert_sql, rows)
+                dt = time.perf_counter() - t
+                plain_lat.append(dt)
+                plain_s += dt
+                seq += len(rows)
+            # the ledger
+            for i in range(0, k, batch):
+                subs = [Submission(s) for s in statements[i : i + batch]]
+                t = time.perf_counter()
+                outcomes = bl.ledger.append(subs)
+                dt = time.perf_counter() - t
+                ledger_lat.append(dt)
+                ledger_s += dt
+                refused = [o for o in outcomes if not hasattr(o, "seq")]
+                if refused:
+                    raise RuntimeError(f"refused: {refused[0]}")
+            done += k
+        size = bl.ledger.reader.head().size
+        bl.close()
+        tenth = max(1, len(ledger_lat) // 10)
+        return {
+            "ledger_rate_first_10pct": batch * tenth / sum(ledger_lat[:tenth]),
+            "ledger_rate_last_10pct": batch * tenth / sum(ledger_lat[-tenth:]),
+            "backend": backend,
+            "batch": batch,
+            "n": n,
+            "ledger_size_after": size,
+            "server": server,
+            "sign_seconds": sign_s,
+            "sign_rate": n / sign_s if sign_s else None,
+            "ledger": {
+                "seconds": ledger_s,
+                "records_per_s": n / ledger_s,
+                "latency": C.latency_summary(ledger_lat),
+            },
+            "baseline": {
+                "seconds": plain_s,
+                "records_per_s": n / plain_s,
+                "latency": C.latency_summary(plain_lat),
+            },
+            "ratio": (n / ledger_s) / (n / plain_s),
+            "peak_rss_mb": C.peak_rss_mb(),
+        }
+    finally:
+        if pg_url:
+            C.drop_postgres_database(pg_url)
+        tmp.cleanup()
+
+
+def profile_worker(backend: str, batch: int, n: int) -> dict:
+    """cProfile the append calls only (statements signed beforehand)."""
+    import cProfile
+    import io
+    import pstats
+
+    from ledger.store.sequencer import Submission
+
+    tmp = tempfile.TemporaryDirectory(prefix="rxl-bench-append-prof-")
+    pg_url = None
+    if backend == "sqlite":
+        url = C.sqlite_url(Path(tmp.name) / "ledger.db")
+    else:
+        pg_url = url = C.create_postgres_database("rxl_bench_append_prof")
+    try:
+        bl = C.open_new_ledger(url, Path(tmp.name) / "keys")
+        bl.ledger.append([Submission(s) for s in C.sign_attests(bl.registrar, batch)])  # warm-up
+        statements = C.sign_attests(bl.registrar, n)
+        prof = cProfile.Profile()
+        t = time.perf_counter()
+        prof.enable()
+        for i in range(0, n, batch):
+            bl.ledger.append([Submission(s) for s in statements[i : i + batch]])
+        prof.disable()
+        wall = time.perf_counter() - t
+        bl.close()
+        out = C.RESULTS / f"append-profile-{backend}-{batch}.prof"
+        C.RESULTS.mkdir(parents=True, exist_ok=True)
+        prof.dump_stats(str(out))
+        tops = {}
+        for key in ("cumulative", "tottime"):
+            buf = io.StringIO()
+            pstats.Stats(str(out), stream=buf).strip_dirs().sort_stats(key).print_stats(25)
+            text = buf.getvalue()
+            tops[key] = text[text.find("   ncalls") :] if "   ncalls" in text else text
+        return {
+            "backend": backend,
+            "batch": batch,
+            "n": n,
+            "seconds_under_profile": wall,
+            "rate_under_profile": n / wall,
+            "profile_file": str(out),
+            "top": tops,
+        }
+    finally:
+        if pg_url:
+            C.drop_postgres_database(pg_url)
+        tmp.cleanup()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="small smoke run (seconds)")
+    ap.add_argument("--n1", type=int, default=None, help="records for batch size 1 (default 2000)")
+    ap.add_argument(
+        "--n", type=int, default=None, help="records for batch 100/1000 (default 20000)"
+    )
+    ap.add_argument("--backends", default="sqlite,postgres")
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    ap.add_argument(
+        "--profile",
+        default=None,
+        metavar="BACKEND:BATCH[:N]",
+        help="cProfile the ledger appends of one case (e.g. postgres:1000:10000)",
+    )
+    ap.add_argument("--profile-worker", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--worker", nargs=4, metavar=("BACKEND", "BATCH", "N", "WARMUP"), help=argparse.SUPPRESS
+    )
+    args = ap.parse_args()
+
+    if args.worker:
+        backend, batch, n, warmup = args.worker
+        print(json.dumps(worker(backend, int(batch), int(n), int(warmup))))
+        return
+
+    if args.profile_worker:
+        b, bt, n = args.profile_worker
+        print(json.dumps(profile_worker(b, int(bt), int(n))))
+        return
+    if args.profile:
+        import subprocess
+
+        info = C.print_machine()
+        parts = args.profile.split(":")
+        backend, batch = parts[0], int(parts[1])
+        n = int(parts[2]) if len(parts) > 2 else (2000 if args.quick else 10_000)
+        proc = subprocess.run(
+            [C.PYTHON, __file__, "--profile-worker", backend, str(batch), str(n)],
+            cwd=C.ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        )
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        text = (
+            f"append profile: {backend} batch {batch}, {n:,} records, "
+            f"{res['rate_under_profile']:,.0f} rec/s under cProfile\n"
+        )
+        for key in ("cumulative", "tottime"):
+            text += f"\n--- top 25 by {key} ---\n{res['top'][key]}"
+        print(text)
+        (C.RESULTS / f"append-profile-{backend}-{batch}.txt").write_text(text)
+        res["machine"] = info
+        C.write_results(f"append-profile-{backend}-{batch}", res)
+        return
+
+    info = C.print_machine()
+    n1 = args.n1 or (50 if args.quick else 2000)
+    nb = args.n or (1000 if args.quick else 20_000)
+    backends = [b for b in args.backends.split(",") if b]
+    if "postgres" in backends and not C.postgres_available():
+        print("skipping PostgreSQL")
+        backends.remove("postgres")
+    batches = [int(b) for b in args.batches.split(",")]
+    print(
+        f"append: backends {backends}, batch sizes {batches}, N={n1:,} (batch 1) / "
+        f"{nb:,} (batched)\n"
+    )
+
+    cases = []
+    for backend in backends:
+        for batch in batches:
+            n = n1 if batch == 1 else nb
+            print(f"running {backend} batch={batch} n={n:,} ...", flush=True)
+            t = time.perf_counter()
+            res = C.run_worker(Path(__file__), [backend, str(batch), str(n), "100"])
+            res["wall_seconds"] = time.perf_counter() - t
+            cases.append(res)
+            print(
+                f"  ledger {res['ledger']['records_per_s']:,.0f} rec/s, baseline "
+                f"{res['baseline']['records_per_s']:,.0f} rec/s, "
+                f"ratio {res['ratio']:.0%}",
+                flush=True,
+            )
+
+    print()
+    rows = []
+    for r in cases:
+        lg, bs = r["ledger"], r["baseline"]
+        rows.append(
+            [
+                r["backend"],
+                r["batch"],
+                r["n"],
+                lg["records_per_s"],
+                bs["records_per_s"],
+                f"{r['ratio']:.0%}",
+                r["ledger_rate_first_10pct"],
+                r["ledger_rate_last_10pct"],
+                lg["latency"]["p50_ms"],
+                lg["latency"]["p99_ms"],
+                bs["latency"]["p50_ms"],
+                bs["latency"]["p99_ms"],
+                r["peak_rss_mb"],
+            ]
+        )
+    C.table(
+        [
+            "backend",
+            "batch",
+            "N",
+            "ledger rec/s",
+            "plain rec/s",
+            "ratio",
+            "ledger rec/s first 10%",
+            "last 10%",
+            "ledger p50 ms",
+            "ledger p99 ms",
+            "plain p50 ms",
+            "plain p99 ms",
+            "peak RSS MiB",
+        ],
+        rows,
+        title="append throughput (ledger = Ledger.append; plain = executemany INSERT, "
+        "1 txn per batch)",
+    )
+    shown = set()
+    for r in cases:
+        if r["backend"] not in shown:
+            shown.add(r["backend"])
+            print(f"  {r['backend']} settings: {r['server']}")
+
+    goals = []
+    for r in cases:
+        if r["batch"] > 1 and r["backend"] == "postgres":
+            goals.append(
+                {
+                    "goal": f">= {GOAL_PG_RATE:,.0f} rec/s, postgres batch {r['batch']}",
+                    "value": r["ledger"]["records_per_s"],
+                    "met": r["ledger"]["records_per_s"] >= GOAL_PG_RATE,
+                }
+            )
+    for r in cases:
+        if r["batch"] > 1:
+            goals.append(
+                {
+                    "goal": f">= {GOAL_RATIO:.0%} of baseline, {r['backend']} batch {r['batch']}",
+                    "value": r["ratio"],
+                    "met": r["ratio"] >= GOAL_RATIO,
+                }
+            )
+    print()
+    C.table(
+        ["goal", "value", "met"],
+        [
+            [
+                g["goal"],
+                g["value"] if g["value"] > 2 else f"{g['value']:.0%}",
+                "MET" if g["met"] else "MISSED",
+            ]
+            for g in goals
+        ],
+        title="goals",
+    )
+    C.write_results(
+        "append-quick" if args.quick else "append",
+        {"machine": info, "quick": args.quick, "cases": cases, "goals": goals},
+    )
+
+
+if __name__ == "__main__":
+    main()
