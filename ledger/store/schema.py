@@ -52,7 +52,9 @@ records = Table(
     Column("type", String(128), nullable=False),
     Column("received_at", String(32), nullable=False),
     Column("record_bytes", LargeBinary, nullable=False),
-    UniqueConstraint("actor", "nonce", name="uq_records_actor_nonce"),
+    # nonce first: it is random, so a lookup of a batch's nonces is selective
+    # whatever the planner knows (one actor may have signed every record)
+    UniqueConstraint("nonce", "actor", name="uq_records_nonce_actor"),
 )
 Index("ix_records_type_seq", records.c.type, records.c.seq)
 

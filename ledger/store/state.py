@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Table, and_, delete, insert, or_, select
+from sqlalchemy import ColumnElement, Connection, Table, and_, delete, insert, or_, select, text
 
 from ledger.domain.state import Document, Put
 from ledger.store.schema import projections
@@ -68,6 +68,9 @@ def encode(value: Document) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+_BY_KEYS_PG = text("SELECT key, value FROM projections WHERE kind = :kind AND key = ANY(:keys)")
+
+
 class DbState:
     """:class:`ledger.domain.state.State` over one open transaction.
 
@@ -111,13 +114,18 @@ class DbState:
                 out[key] = self._cache[(kind, key)]
             else:
                 missing.append(key)
-        for start in range(0, len(missing), 1000):
-            chunk = missing[start : start + 1000]
-            rows = self._conn.execute(
-                select(projections.c.key, projections.c.value).where(
-                    projections.c.kind == kind, projections.c.key.in_(chunk)
-                )
-            ).all()
+        postgres = self._conn.dialect.name == "postgresql"
+        per_query = 20_000 if postgres else 5_000  # SQLite: under its 32,766 parameters
+        for start in range(0, len(missing), per_query):
+            chunk = missing[start : start + per_query]
+            if postgres:  # one array parameter, not one parameter per key
+                rows = self._conn.execute(_BY_KEYS_PG, {"kind": kind, "keys": chunk}).all()
+            else:
+                rows = self._conn.execute(
+                    select(projections.c.key, projections.c.value).where(
+                        projections.c.kind == kind, projections.c.key.in_(chunk)
+                    )
+                ).all()
             found = {r.key: json.loads(r.value) for r in rows}
             for key in chunk:
                 out[key] = found.get(key)

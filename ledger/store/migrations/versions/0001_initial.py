@@ -35,7 +35,7 @@ def upgrade() -> None:
         sa.Column("type", sa.String(128), nullable=False),
         sa.Column("received_at", sa.String(32), nullable=False),
         sa.Column("record_bytes", sa.LargeBinary, nullable=False),
-        sa.UniqueConstraint("actor", "nonce", name="uq_records_actor_nonce"),
+        sa.UniqueConstraint("nonce", "actor", name="uq_records_nonce_actor"),
     )
     op.create_index("ix_records_type_seq", "records", ["type", "seq"])
     op.create_table(
