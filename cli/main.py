@@ -461,13 +461,14 @@ def prove() -> None:
 )
 def prove_inclusion(database_url: str | None, seq: int, tree_size: int | None) -> None:
     """Print an inclusion proof for record SEQ as JSON."""
+    from ledger.core.checkpoint import note_size  # noqa: PLC0415
     from ledger.store.reader import LedgerReader  # noqa: PLC0415
 
     engine = open_existing(database_url)
     try:
         reader = LedgerReader(engine)
         note = reader.latest_checkpoint() if tree_size is None else reader.checkpoint(tree_size)
-        size = int(note.split("\n")[1])
+        size = note_size(note)
         record = reader.record(seq)
         proof = reader.inclusion_proof(seq, size)
     finally:
@@ -498,13 +499,14 @@ def prove_inclusion(database_url: str | None, seq: int, tree_size: int | None) -
 )
 def prove_consistency(database_url: str | None, first: int, second: int | None) -> None:
     """Print a consistency proof between two tree sizes as JSON."""
+    from ledger.core.checkpoint import note_size  # noqa: PLC0415
     from ledger.store.reader import LedgerReader  # noqa: PLC0415
 
     engine = open_existing(database_url)
     try:
         reader = LedgerReader(engine)
         second_note = reader.latest_checkpoint() if second is None else reader.checkpoint(second)
-        second = int(second_note.split("\n")[1])
+        second = note_size(second_note)
         first_note = reader.checkpoint(first)
         proof = reader.consistency_proof(first, second)
     finally:

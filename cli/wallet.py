@@ -26,7 +26,7 @@ import click
 import httpx
 
 from ledger.client import LedgerClient, RejectedError, VerifiedReceipt, check_after_revocation
-from ledger.core.checkpoint import open_checkpoint
+from ledger.core.checkpoint import note_size, open_checkpoint
 from ledger.core.errors import EncodingError, KeyFormatError, LedgerError, VerificationError
 from ledger.core.note import Signer, Verifier
 from ledger.core.statement import format_time, make_statement, now, parse_time
@@ -552,7 +552,7 @@ def _check_proof(proof: Any, verifier: Verifier) -> tuple[list[str], int]:
         raise _failure("the proof is not a JSON object", unverified=True)
     try:
         included = check_after_revocation(proof, log_key=verifier, origin=verifier.name)
-        size = int(str(proof["checkpoint"]).split("\n")[1])
+        size = note_size(str(proof["checkpoint"]))
         for key in ("patient", "consent_id", "revoked_at"):
             str(proof[key])
     except (KeyError, IndexError, TypeError, ValueError) as e:

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, inspect, select
 
-from ledger.core.checkpoint import Checkpoint
+from ledger.core.checkpoint import Checkpoint, note_size
 from ledger.core.errors import (
     ConflictError,
     KeyFormatError,
@@ -302,7 +302,7 @@ def claim_trail(engine: Engine, claim_id: str) -> dict[str, Any]:
     if prescriber is not None:
         seqs.append(("prescriber-registration", int(prescriber["registered_seq"])))
     note = reader.latest_checkpoint()
-    size = int(note.split("\n")[1])
+    size = note_size(note)
     steps = []
     for step, seq in seqs:
         record = reader.record(seq)

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from ledger.core import cohort
+from ledger.core.checkpoint import note_size
 from ledger.core.errors import NotFoundError, RejectionError
 from ledger.core.record import Record
 from ledger.core.statement import format_time, instant, now
@@ -131,7 +132,8 @@ def after_revocation(engine: Engine, patient: str, consent_id: str) -> dict[str,
 
     Checkable offline with :func:`ledger.client.check_after_revocation`.
     """
-    doc = ProjectionReader(engine).get(wallet.CONSENTS, patient)
+    views = ProjectionReader(engine)
+    doc = views.get(wallet.CONSENTS, patient)
     consent = next(
         (c for c in (doc or {}).get("consents", []) if c["consent_id"] == consent_id), None
     )
@@ -141,7 +143,7 @@ def after_revocation(engine: Engine, patient: str, consent_id: str) -> dict[str,
         raise RejectionError("consent-not-revoked", f"consent {consent_id!r} is in force")
     reader = LedgerReader(engine)
     note = reader.latest_checkpoint()
-    size = int(note.split("\n")[1])
+    size = note_size(note)
     uses = []
     with engine.connect() as conn:
         rows = conn.execute(
@@ -156,7 +158,7 @@ def after_revocation(engine: Engine, patient: str, consent_id: str) -> dict[str,
     for row in rows:
         record = Record.from_bytes(bytes(row.record_bytes), expected_seq=int(row.seq))
         body = record.fields["body"]
-        members = ProjectionReader(engine).get(wallet.MEMBERS, body["use_id"]) or {}
+        members = views.get(wallet.MEMBERS, body["use_id"]) or {}
         cohort_members = sorted(members.get("weights", {}))
         uses.append(
             {

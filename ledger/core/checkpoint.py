@@ -195,3 +195,15 @@ def open_checkpoint(
     if checkpoint.origin != origin:
         raise CheckpointError(f"checkpoint origin: expected {origin!r}, got {checkpoint.origin!r}")
     return checkpoint, note
+
+
+def note_size(note: str) -> int:
+    """The tree size a signed checkpoint states, read without verifying it.
+
+    For ordering and lookups only: trust comes from :func:`open_checkpoint`.
+    Raises :class:`CheckpointError` when the size line is not a decimal count.
+    """
+    lines = note.split("\n", 2)
+    if len(lines) < 2 or not lines[1].isdigit():
+        raise CheckpointError(f"checkpoint does not parse: {note[:80]!r}")
+    return int(lines[1])

@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from ledger.core import merkle
-from ledger.core.checkpoint import Checkpoint, open_checkpoint
+from ledger.core.checkpoint import Checkpoint, note_size, open_checkpoint
 from ledger.core.errors import (
     ChainError,
     CheckpointError,
@@ -291,18 +291,11 @@ def verify_log(
 def _sized(notes: Iterable[str]) -> Iterator[tuple[int, str]]:
     last = -1
     for note in notes:
-        size = _peek_size(note)
+        size = note_size(note)
         if size < last:
             raise CheckpointError(f"checkpoints out of order: size {size} after {last}")
         last = size
         yield size, note
-
-
-def _peek_size(note: str) -> int:
-    lines = note.split("\n", 2)
-    if len(lines) < 2 or not lines[1].isdigit():
-        raise CheckpointError(f"checkpoint does not parse: {note[:80]!r}")
-    return int(lines[1])
 
 
 __all__ = [

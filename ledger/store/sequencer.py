@@ -40,6 +40,7 @@ from ledger.core.checkpoint import Checkpoint
 from ledger.core.errors import (
     NotInitializedError,
     RejectionError,
+    StorageError,
 )
 from ledger.core.note import Signer
 from ledger.core.record import GENESIS_PREV, Record, build_record_bytes
@@ -57,7 +58,7 @@ from ledger.domain.rules import decide
 from ledger.domain.state import Document, MemoryState, Put, State
 from ledger.store.db import WRITE, is_sqlite
 from ledger.store.schema import checkpoints, log_head, merkle_nodes, payloads, records
-from ledger.store.state import DbState, bulk_insert, pair_chunks, pairs_in, project
+from ledger.store.state import DbState, bulk_insert, pairs_in, project
 
 log = logging.getLogger("rxledger.sequencer")
 MAX_BATCH = 1000
@@ -363,30 +364,18 @@ class Sequencer:
                 outcomes[p.index] = _replayed(statement.actor, statement.nonce)
         if not seen:
             return
-        rows = [
-            row
-            for chunk in pair_chunks(list(seen))
-            for row in conn.execute(
-                select(
-                    records.c.seq, records.c.actor, records.c.nonce, records.c.record_bytes
-                ).where(pairs_in(records.c.actor, records.c.nonce, chunk))
-            ).all()
-        ]
-        for row in rows:
-            for p in pending:
-                statement = p.submission.signed.statement
-                if (statement.actor, statement.nonce) != (row.actor, row.nonce):
-                    continue
-                if outcomes[p.index] is not None:
-                    continue
+        query = select(records.c.seq, records.c.actor, records.c.nonce, records.c.record_bytes)
+        for condition in pairs_in(records.c.actor, records.c.nonce, list(seen)):
+            for row in conn.execute(query.where(condition)):
+                # The first statement of the batch with this (actor, nonce); later
+                # identical copies follow it (in_batch_of), different ones are refused.
+                p = seen[(row.actor, row.nonce)]
                 stored = Record.from_bytes(bytes(row.record_bytes))
-                signed = p.submission.signed
-                if (
-                    stored.statement_bytes == signed.signed_bytes
-                    and stored.signature == signed.signature
+                if (stored.statement_bytes, stored.signature) == (
+                    p.submission.signed.signed_bytes,
+                    p.submission.signed.signature,
                 ):
                     p.duplicate_of = int(row.seq)
-                    p.in_batch_of = None
                 else:
                     outcomes[p.index] = _replayed(row.actor, row.nonce)
 
@@ -495,16 +484,15 @@ def fetch_nodes(conn: Connection, wanted: Sequence[merkle.NodeId]) -> dict[merkl
     """Read the given Merkle nodes in one query."""
     if not wanted:
         return {}
-    rows = conn.execute(
-        select(merkle_nodes.c.level, merkle_nodes.c.idx, merkle_nodes.c.hash).where(
-            pairs_in(merkle_nodes.c.level, merkle_nodes.c.idx, list(wanted))
-        )
-    ).all()
+    query = select(merkle_nodes.c.level, merkle_nodes.c.idx, merkle_nodes.c.hash)
+    rows = [
+        row
+        for condition in pairs_in(merkle_nodes.c.level, merkle_nodes.c.idx, list(wanted))
+        for row in conn.execute(query.where(condition))
+    ]
     found = {(int(r.level), int(r.idx)): bytes(r.hash) for r in rows}
     missing = [n for n in wanted if n not in found]
     if missing:
-        from ledger.core.errors import StorageError  # noqa: PLC0415
-
         raise StorageError(f"merkle nodes missing from storage: {missing[:5]}")
     return found
 

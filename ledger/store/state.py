@@ -13,34 +13,25 @@ from ledger.store.schema import projections
 
 
 def pairs_in(
-    first: ColumnElement[Any], second: ColumnElement[Any], pairs: Sequence[tuple[Any, Any]]
-) -> ColumnElement[bool]:
-    """``(first, second) IN pairs``, written so that both databases use the index.
+    first: ColumnElement[Any],
+    second: ColumnElement[Any],
+    pairs: Sequence[tuple[Any, Any]],
+    *,
+    max_groups: int = 200,
+) -> list[ColumnElement[bool]]:
+    """``(first, second) IN pairs`` as conditions that use the composite index.
 
     A row-value ``IN`` makes SQLite scan the table and PostgreSQL test every
     pair against every row of the prefix; grouped by the first column,
-    ``first = a AND second IN (...) OR ...`` uses the composite index.
+    ``first = a AND second IN (...) OR ...`` uses the index. SQLite refuses an
+    expression tree deeper than 1,000 (one OR term per group), so the pairs
+    come back as one condition per ``max_groups`` groups: run one query each.
     """
     grouped: dict[Any, list[Any]] = {}
     for a, b in pairs:
         grouped.setdefault(a, []).append(b)
-    return or_(*(and_(first == a, second.in_(bs)) for a, bs in grouped.items()))
-
-
-def pair_chunks(
-    pairs: Sequence[tuple[Any, Any]], *, max_groups: int = 200
-) -> list[list[tuple[Any, Any]]]:
-    """Split ``pairs`` so that each chunk has at most ``max_groups`` distinct first
-    values: SQLite refuses an expression tree deeper than 1,000 (one OR term
-    per group in :func:`pairs_in`)."""
-    groups: dict[Any, list[tuple[Any, Any]]] = {}
-    for pair in pairs:
-        groups.setdefault(pair[0], []).append(pair)
-    ordered = list(groups.values())
-    return [
-        [pair for group in ordered[i : i + max_groups] for pair in group]
-        for i in range(0, len(ordered), max_groups)
-    ]
+    terms = [and_(first == a, second.in_(bs)) for a, bs in grouped.items()]
+    return [or_(*terms[i : i + max_groups]) for i in range(0, len(terms), max_groups)]
 
 
 def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -153,9 +144,8 @@ def project(connection: Connection, effects: Iterable[Put]) -> None:
     addresses = [a for a, p in last.items() if not p.fresh]
     for start in range(0, len(addresses), 500):
         chunk = addresses[start : start + 500]
-        connection.execute(
-            delete(projections).where(pairs_in(projections.c.kind, projections.c.key, chunk))
-        )
+        for condition in pairs_in(projections.c.kind, projections.c.key, chunk):
+            connection.execute(delete(projections).where(condition))
     bulk_insert(
         connection,
         projections,
