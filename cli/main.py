@@ -530,5 +530,10 @@ from cli.wallet import wallet  # noqa: E402
 
 main.add_command(wallet)
 
+# The witness commands (cli/witness.py), which fail with this module's Failure.
+from cli.witness import witness  # noqa: E402
+
+main.add_command(witness)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -109,7 +109,8 @@ def test_a_cosignature_line_has_the_published_layout() -> None:
     text = C2SP_EXAMPLE["text"]
     line = cosign(text, signer, 1679315147)
     name, b64 = line.removeprefix("\u2014 ").removesuffix("\n").split(" ")
-    assert line.startswith("\u2014 PeterNeumann ") and line.endswith("=\n")
+    assert line.startswith("\u2014 PeterNeumann ")
+    assert line.endswith("=\n")
     assert name == "PeterNeumann"
     payload = base64.b64decode(b64)
     assert payload[:4] == hashlib.sha256(b"PeterNeumann\n\x04" + signer.public_key).digest()[:4]
@@ -122,7 +123,7 @@ def test_a_cosignature_line_has_the_published_layout() -> None:
 
 def test_a_plain_note_key_is_refused_as_a_witness_key() -> None:
     # formats/note/note_cosigv1_test.go "convert from algEd25519": a 0x01 key
-    with pytest.raises(KeyFormatError, match="0x01.*witness keygen"):
+    with pytest.raises(KeyFormatError, match=r"0x01.*witness keygen"):
         WitnessVerifier.from_vkey("TEST+7997405c+AQcC+FTVKf0jlTdHDY3rbevmnKxxPjigCXlVtGe6RIr6")
 
 
