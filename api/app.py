@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import flows, log, statements, wallet
+from api.routes import flows, log, statements, tiles, wallet
 from api.settings import Settings
 from ledger.service import Ledger
 
@@ -44,4 +44,5 @@ def create_app(ledger: Ledger | None = None, settings: Settings | None = None) -
     app.include_router(log.router)
     app.include_router(flows.router)
     app.include_router(wallet.router)
+    app.include_router(tiles.router)
     return app

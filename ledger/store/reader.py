@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from ledger.core import merkle
+from ledger.core import merkle, tiles
 from ledger.core.errors import NotFoundError, NotInitializedError, RangeError
 from ledger.core.record import Record
 from ledger.core.verify import RecordItem
@@ -29,6 +29,8 @@ from ledger.store.schema import (
 from ledger.store.sequencer import Receipt, fetch_nodes
 
 PAGE = 1000
+#: node and record indices are stored as signed 64-bit integers
+_MAX_NODE_INDEX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,65 @@ class LedgerReader:
             return sorted(
                 int(v) for v in conn.execute(select(merkle_nodes.c.level).distinct()).scalars()
             )
+
+    # -- C2SP tlog-tiles -----------------------------------------------------------
+
+    def tile_hashes(self, level: int, index: int, width: int) -> bytes:
+        """The hashes of tlog-tiles tile ``(level, index)`` of ``width``, concatenated.
+
+        They are the stored nodes ``(8 * level, 256 * index + i)``, ``i < width``,
+        read in one query of at most 256 rows. Every level of every completed
+        perfect subtree is stored, so a tile exists exactly when all its hashes
+        do: a partial tile of any width up to what the tree holds (a checkpoint
+        of an earlier size needs it), never one past the tree's right edge.
+        Raises :class:`NotFoundError` when the tree does not (yet) hold them all.
+        """
+        tile = tiles.TileId(level, index, width)
+        start = tile.start
+        if start + width > _MAX_NODE_INDEX:
+            raise NotFoundError(f"no tile {tile.to_path()}: beyond any tree this log can hold")
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(merkle_nodes.c.hash)
+                .where(
+                    merkle_nodes.c.level == tile.node_level,
+                    merkle_nodes.c.idx >= start,
+                    merkle_nodes.c.idx < start + width,
+                )
+                .order_by(merkle_nodes.c.idx)
+            ).all()
+        if len(rows) != width:
+            raise NotFoundError(
+                f"no tile {tile.to_path()}: the tree holds {len(rows)} of its {width} hashes"
+            )
+        return b"".join(bytes(r.hash) for r in rows)
+
+    def entry_bundle(self, index: int, width: int) -> bytes:
+        """The tlog-tiles entry bundle ``index`` of ``width``: records' bytes, uint16-prefixed.
+
+        Records ``[256 * index, 256 * index + width)`` in one query. Raises
+        :class:`NotFoundError` when the log does not (yet) hold them all and
+        :class:`~ledger.core.tiles.EntryTooLargeError` for a record over
+        65,535 bytes (never truncated).
+        """
+        tile = tiles.TileId(0, index, width)
+        start = tile.start
+        if start + width > _MAX_NODE_INDEX:
+            raise NotFoundError(
+                f"no entry bundle {tile.to_entries_path()}: beyond any tree this log can hold"
+            )
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(records.c.record_bytes)
+                .where(records.c.seq >= start, records.c.seq < start + width)
+                .order_by(records.c.seq)
+            ).all()
+        if len(rows) != width:
+            raise NotFoundError(
+                f"no entry bundle {tile.to_entries_path()}: "
+                f"the log holds {len(rows)} of its {width} entries"
+            )
+        return tiles.encode_entry_bundle((bytes(r.record_bytes) for r in rows), first_index=start)
 
 
 def _columns(row: Any) -> dict[str, Any]:
