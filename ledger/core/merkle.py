@@ -51,6 +51,7 @@ __all__ = [
     "consistency_proof_from_leaves",
     "consistency_proof_nodes",
     "frontier",
+    "frontier_from_inclusion",
     "hash_children",
     "hash_leaf",
     "inclusion_proof",
@@ -199,6 +200,27 @@ def root_from_inclusion_proof(
             )
     node = _chain_inner(leaf_hash, proof[:inner], leaf_index)
     return _chain_border_right(node, proof[inner:])
+
+
+def frontier_from_inclusion(
+    leaf_hash: bytes, tree_size: int, proof: Sequence[bytes]
+) -> list[bytes]:
+    """The hashes of :func:`frontier` ``(tree_size)`` from its last leaf and that leaf's proof.
+
+    For the last leaf (``tree_size - 1``) every proof element is a left
+    sibling: the first ``t`` (``2**t`` is the lowest set bit of ``tree_size``)
+    lie inside the last perfect subtree and fold with the leaf into its root;
+    the others are the roots of the frontier's other subtrees, nearest first.
+    The result is only as good as the proof: check the root it gives
+    (``MerkleAccumulator.from_frontier(...).root()``) against a signed one.
+    Raises :class:`InclusionProofError` for a proof of the wrong shape.
+    """
+    root_from_inclusion_proof(leaf_hash, tree_size - 1, tree_size, proof)  # shape checks
+    inner = (tree_size & -tree_size).bit_length() - 1
+    node = leaf_hash
+    for sibling in proof[:inner]:
+        node = hash_children(sibling, node)
+    return [*reversed(proof[inner:]), node]
 
 
 def verify_inclusion(

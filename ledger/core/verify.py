@@ -92,6 +92,45 @@ class RecordItem:
 
 
 @dataclass(frozen=True)
+class Position:
+    """A point in a verified stream: the tree's frontier, the chain head, the clock.
+
+    ``frontier`` holds the hashes of :func:`ledger.core.merkle.frontier`
+    ``(size)``, left to right; ``head`` is the hash of record ``size - 1``
+    (zeros for the empty log); ``last_received`` its ``received_at``.
+    """
+
+    size: int
+    frontier: tuple[bytes, ...]
+    head: bytes
+    last_received: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "frontier": [h.hex() for h in self.frontier],
+            "head": self.head.hex(),
+            "last_received": self.last_received,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Position:
+        try:
+            size = data["size"]
+            frontier = tuple(bytes.fromhex(h) for h in data["frontier"])
+            head = bytes.fromhex(data["head"])
+            last = data.get("last_received", "")
+        except (KeyError, TypeError, ValueError) as e:
+            raise EncodingError(f"stream position does not parse: {e}") from e
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise EncodingError(f"stream position size: expected a count, got {size!r}")
+        if len(head) != merkle.HASH_SIZE or not isinstance(last, str):
+            raise EncodingError("stream position: head must be 32 bytes, last_received a string")
+        merkle.MerkleAccumulator.from_frontier(size, frontier)  # checks the frontier's shape
+        return cls(size=size, frontier=frontier, head=head, last_received=last)
+
+
+@dataclass(frozen=True)
 class VerifyResult:
     size: int
     root: bytes
@@ -128,6 +167,39 @@ class StreamVerifier:
         self._last_received = ""
         self.checkpoints_verified = 0
         self.last_checkpoint_size = -1
+
+    @classmethod
+    def resume(
+        cls,
+        position: Position,
+        *,
+        log_key: Verifier,
+        origin: str,
+        replay: Replay | None = None,
+        max_skew_seconds: float = MAX_CLOCK_SKEW.total_seconds(),
+    ) -> StreamVerifier:
+        """A verifier that continues after ``position`` (from :meth:`position`).
+
+        The next record it accepts is ``position.size``; its ``prev`` must be
+        ``position.head`` and its ``received_at`` not before
+        ``position.last_received``.
+        """
+        verifier = cls(
+            log_key=log_key, origin=origin, replay=replay, max_skew_seconds=max_skew_seconds
+        )
+        verifier._tree = merkle.MerkleAccumulator.from_frontier(position.size, position.frontier)
+        verifier._head = position.head if position.size else bytes(32)
+        verifier._last_received = position.last_received
+        return verifier
+
+    def position(self) -> Position:
+        """Where the stream is: enough to :meth:`resume` it later, O(log n) in size."""
+        return Position(
+            size=self.size,
+            frontier=tuple(self._tree.frontier_hashes()),
+            head=self._head,
+            last_received=self._last_received,
+        )
 
     @property
     def size(self) -> int:
@@ -299,6 +371,7 @@ def _sized(notes: Iterable[str]) -> Iterator[tuple[int, str]]:
 
 
 __all__ = [
+    "Position",
     "RecordItem",
     "SignatureError",
     "StreamVerifier",

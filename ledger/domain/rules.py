@@ -39,6 +39,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "data.proceeds": frozenset({"data_user"}),
 }
 
+#: the statements that make the actor registry (who holds which key, in which role)
+REGISTRY_TYPES = frozenset({"actor.register", "actor.add_key", "actor.rotate_key", "actor.revoke"})
+
 #: types whose rules read the payload
 PAYLOAD_TYPES = frozenset({"rx.issue", "rx.dispense", "data.use"})
 
@@ -52,6 +55,37 @@ def parse_payload(payload: bytes | None) -> Any:
         raise RejectionError("malformed-payload", f"payload: {e}") from e
 
 
+def _normalized(statement: Statement) -> Statement:
+    return Statement(
+        statement.type,
+        statement.actor,
+        statement.key,
+        instant(statement.issued_at),
+        statement.nonce,
+        statement.body,
+    )
+
+
+def decide_signer(state: State, statement: Statement, *, seq: int) -> list[Effect]:
+    """Only the signer checks of :func:`decide`, for a verifier holding part of a log.
+
+    Registry statements are decided in full (their effects are the registry);
+    any other statement only has its key and role checked against the
+    registry: was the key registered to the actor, valid when the statement
+    was issued, of the right purpose, and may the actor's role make it. The
+    flow rules (prescriptions, settlement, wallet) need the whole log.
+    """
+    statement = _normalized(statement)
+    if statement.type in REGISTRY_TYPES:
+        return decide(state, statement, seq=seq)
+    roles = PERMISSIONS.get(statement.type)
+    if roles is None:
+        raise RejectionError("unknown-type", f"statement type {statement.type!r} is not known")
+    purpose = "settlement" if statement.type == "settlement.decision" else "general"
+    registry.authorize(state, statement, allowed_roles=roles, purpose=purpose)
+    return []
+
+
 def decide(
     state: State, statement: Statement, *, seq: int, payload: bytes | None = None
 ) -> list[Effect]:
@@ -60,14 +94,7 @@ def decide(
     The rules see ``issued_at`` normalized (:func:`instant`), as every time
     they store, so that comparing times as strings is comparing instants.
     """
-    statement = Statement(
-        statement.type,
-        statement.actor,
-        statement.key,
-        instant(statement.issued_at),
-        statement.nonce,
-        statement.body,
-    )
+    statement = _normalized(statement)
     kind = statement.type
     # Registry statements authorize themselves: who may sign depends on the target.
     if kind == "actor.register":
