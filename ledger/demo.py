@@ -1470,7 +1470,8 @@ class _Wallets:
                 out["paid"] = {"patient": holder.patient}
                 signers.append(holder.signer)
         if self.wallet_key_dir is not None:
-            for signer in signers:
+            # a guardian's key is its ward's too: write each key once
+            for signer in {s.name: s for s in signers}.values():
                 path = self.wallet_key_dir / f"{signer.name}.skey"
                 write_key_file(path, signer.skey)
                 self.key_files.append(str(path))
