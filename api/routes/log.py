@@ -29,9 +29,13 @@ def record_json(record: Record) -> dict[str, Any]:
 
 @router.get("/v1/checkpoint", response_class=PlainTextResponse)
 def checkpoint(ledger: LedgerDep) -> PlainTextResponse:
-    """The latest signed checkpoint (C2SP tlog-checkpoint signed note)."""
+    """The latest signed checkpoint (C2SP tlog-checkpoint signed note).
+
+    With the witness cosignatures (C2SP tlog-cosignature) collected for it so
+    far, as extra signature lines after the log's own.
+    """
     return PlainTextResponse(
-        ledger.reader.latest_checkpoint(),
+        ledger.reader.latest_checkpoint_cosigned(),
         media_type="text/plain; charset=utf-8",
         headers={"Cache-Control": "no-cache"},
     )

@@ -11,14 +11,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, inspect, select
 
 from ledger.core import merkle, tiles
+from ledger.core.cosignature import add_cosignatures
 from ledger.core.errors import NotFoundError, NotInitializedError, RangeError
 from ledger.core.record import Record
 from ledger.core.verify import RecordItem
 from ledger.store.schema import (
     checkpoints,
+    cosignatures,
     ledger_meta,
     log_head,
     merkle_nodes,
@@ -45,6 +47,7 @@ class LedgerReader:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._has_cosignatures = False
 
     def meta(self) -> dict[str, str]:
         with self.engine.connect() as conn:
@@ -70,6 +73,52 @@ class LedgerReader:
         if note is None:
             raise NotInitializedError("the ledger has no checkpoint yet: run `rxledger init` first")
         return str(note)
+
+    def latest_checkpoint_cosigned(self) -> str:
+        """The latest checkpoint with the witness cosignatures collected for it.
+
+        The log's signed note with one more signature line per witness that has
+        cosigned this very checkpoint (c2sp.org/tlog-cosignature), in a stable
+        order. Witnesses are asked asynchronously, so the newest checkpoint may
+        carry none yet. Check the lines with
+        :func:`ledger.core.cosignature.verify_cosignatures`.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(checkpoints.c.size, checkpoints.c.note)
+                .order_by(checkpoints.c.size.desc())
+                .limit(1)
+            ).first()
+            if row is None:
+                raise NotInitializedError(
+                    "the ledger has no checkpoint yet: run `rxledger init` first"
+                )
+            lines = self._cosignature_lines(conn, int(row.size))
+        return add_cosignatures(str(row.note), lines) if lines else str(row.note)
+
+    def checkpoint_cosigned(self, size: int) -> str:
+        """The checkpoint at tree size ``size`` with the cosignatures collected for it."""
+        with self.engine.connect() as conn:
+            note = conn.execute(
+                select(checkpoints.c.note).where(checkpoints.c.size == size)
+            ).scalar()
+            if note is None:
+                raise NotFoundError(f"no checkpoint at tree size {size}")
+            lines = self._cosignature_lines(conn, size)
+        return add_cosignatures(str(note), lines) if lines else str(note)
+
+    def _cosignature_lines(self, conn: Connection, size: int) -> list[str]:
+        # A database made before migration 0002 has no cosignatures table yet.
+        if not self._has_cosignatures:
+            self._has_cosignatures = inspect(conn).has_table("cosignatures")
+            if not self._has_cosignatures:
+                return []
+        rows = conn.execute(
+            select(cosignatures.c.line)
+            .where(cosignatures.c.size == size)
+            .order_by(cosignatures.c.witness_name, cosignatures.c.key_id)
+        ).scalars()
+        return [str(line) for line in rows]
 
     def checkpoint(self, size: int) -> str:
         with self.engine.connect() as conn:

@@ -3,6 +3,12 @@
 Every column of ``records``, ``payloads``, ``merkle_nodes``, ``checkpoints``
 and ``log_head`` is checked by ``rxledger verify --db``: either it is part of
 the signed and hashed bytes, or verification compares it with them.
+
+``cosignatures`` is not: each row is a witness's signature line on one of the
+checkpoints, which anyone checks on its own against the witness's public key
+(:func:`ledger.core.cosignature.verify_cosignatures`). A forged or altered row
+only makes a cosignature that does not verify; it cannot change what a
+checkpoint or a record says.
 """
 
 from __future__ import annotations
@@ -82,6 +88,25 @@ checkpoints = Table(
     metadata,
     Column("size", BigInteger, primary_key=True, autoincrement=False),
     Column("note", Text, nullable=False),
+)
+
+#: witness cosignatures (c2sp.org/tlog-cosignature) collected for checkpoints:
+#: ``line`` is the note signature line as the witness returned it, for the
+#: checkpoint of tree size ``size``; one per (size, witness key)
+cosignatures = Table(
+    "cosignatures",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("witness_name", String(256), primary_key=True),
+    Column("key_id", String(8), primary_key=True),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("line", Text, nullable=False),
+)
+Index(
+    "ix_cosignatures_witness_size",
+    cosignatures.c.witness_name,
+    cosignatures.c.key_id,
+    cosignatures.c.size,
 )
 
 #: projections: the current state derived from the records, as JSON documents
