@@ -76,6 +76,8 @@ __all__ = [
 ]
 
 STATE_FILE = "witness.db"
+#: SQLite integers are signed 64-bit
+_MAX_STORED_SIZE = 2**63 - 1
 _SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS logs (
@@ -337,6 +339,10 @@ class Witness:
         if keys is None:
             raise UnknownLogError(f"unknown log: this witness does not witness {origin!r}")
         checkpoint, log_vkey = self._open(request.note, origin, keys)
+        if checkpoint.size > _MAX_STORED_SIZE:
+            raise BadRequestError(
+                f"tree size {checkpoint.size} is above 2^63-1, the largest this witness stores"
+            )
         if request.old_size > checkpoint.size:
             raise BadRequestError(
                 f"old size {request.old_size} is larger than the checkpoint size {checkpoint.size}"

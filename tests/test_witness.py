@@ -220,6 +220,12 @@ def test_a_malformed_checkpoint_text_signed_by_the_log_is_a_bad_request(witness:
         witness.add_checkpoint_body(body(0, [], note))
 
 
+def test_a_tree_size_beyond_signed_64_bits_is_a_bad_request(witness: Witness) -> None:
+    note = Checkpoint(ORIGIN, 2**63, bytes(32)).sign([LOG])
+    with pytest.raises(BadRequestError, match="2\\^63-1"):
+        witness.add_checkpoint_body(body(0, [], note))
+
+
 def test_the_empty_tree_needs_the_empty_root_and_no_proof(witness: Witness) -> None:
     empty = Checkpoint(ORIGIN, 0, merkle.EMPTY_ROOT).sign([LOG])
     wrong = Checkpoint(ORIGIN, 0, bytes(32)).sign([LOG])
