@@ -9,11 +9,13 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse
 
 from api.deps import LedgerDep
+from ledger.core.errors import RangeError
 from ledger.core.record import Record
 from ledger.core.statement import format_time, now
 
 router = APIRouter()
 MAX_PAGE = 1000
+MAX_TYPES = 32
 NonNegative = Annotated[int, Query(ge=0, le=2**62)]
 
 
@@ -51,10 +53,20 @@ def records(
     ledger: LedgerDep,
     start: NonNegative = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    type: Annotated[list[str] | None, Query()] = None,
+    before: Annotated[int | None, Query(ge=0, le=2**62)] = None,
 ) -> dict[str, Any]:
-    page = ledger.reader.records(start, limit)
+    """Records in ``seq`` order from ``start``; optionally only of the given
+    ``type`` (repeatable) and with ``seq < before``."""
+    types = type or []
+    if len(types) > MAX_TYPES:
+        raise RangeError(f"type: at most {MAX_TYPES} types per request, got {len(types)}")
+    page = ledger.reader.records(start, limit, types=types, before=before)
     size = ledger.reader.head().size
-    next_start = page[-1].seq + 1 if page and page[-1].seq + 1 < size else None
+    end = size if before is None else min(size, before)
+    # a filtered page shorter than ``limit`` is the last one
+    more = len(page) == limit if types else bool(page)
+    next_start = page[-1].seq + 1 if more and page[-1].seq + 1 < end else None
     return {
         "tree_size": size,
         "records": [record_json(r) for r in page],

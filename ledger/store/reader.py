@@ -7,7 +7,7 @@ cached in the process, so they are as fast right after a restart.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,14 +136,23 @@ class LedgerReader:
             raise NotFoundError(f"no record with seq {seq}")
         return Record.from_bytes(bytes(data), expected_seq=seq)
 
-    def records(self, start: int, limit: int) -> list[Record]:
+    def records(
+        self,
+        start: int,
+        limit: int,
+        *,
+        types: Sequence[str] = (),
+        before: int | None = None,
+    ) -> list[Record]:
+        """Up to ``limit`` records from ``start``; only of ``types`` and below
+        ``before`` when given (an auditor's registry records)."""
+        query = select(records.c.seq, records.c.record_bytes).where(records.c.seq >= start)
+        if types:
+            query = query.where(records.c.type.in_(list(types)))
+        if before is not None:
+            query = query.where(records.c.seq < before)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(records.c.seq, records.c.record_bytes)
-                .where(records.c.seq >= start)
-                .order_by(records.c.seq)
-                .limit(limit)
-            ).all()
+            rows = conn.execute(query.order_by(records.c.seq).limit(limit)).all()
         return [Record.from_bytes(bytes(r.record_bytes), expected_seq=int(r.seq)) for r in rows]
 
     def payload(self, seq: int) -> bytes | None:
@@ -212,8 +221,8 @@ class LedgerReader:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(records)).scalar_one())
 
-    def iter_records(self, *, page: int = PAGE) -> Iterator[RecordItem]:
-        """Every record with its stored columns and payload, in ``seq`` order.
+    def iter_records(self, *, start: int = 0, page: int = PAGE) -> Iterator[RecordItem]:
+        """Every record from ``start`` with its stored columns and payload, in ``seq`` order.
 
         Keyset pages of ``page`` rows: flat memory, no long-lived cursor.
         """
@@ -234,7 +243,7 @@ class LedgerReader:
             .order_by(records.c.seq)
             .limit(page)
         )
-        after = -1
+        after = start - 1
         while True:
             with self.engine.connect() as conn:
                 rows = conn.execute(query.where(records.c.seq > after)).all()
