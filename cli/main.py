@@ -16,31 +16,22 @@ from typing import Any
 
 import click
 import httpx
-from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from ledger.core.errors import LedgerError, MerkleNodeError, RecordError, VerificationError
+from cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Failure,
+    VerificationFailure,
+    db_option,
+    open_existing,
+)
+from ledger.core.errors import LedgerError, VerificationError
 from ledger.core.note import Signer
-from ledger.store.db import default_database_url, make_engine, normalize_url
+from ledger.store.db import default_database_url, make_engine
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-class Failure(click.ClickException):
-    """A one-line usage, input or I/O error (exit 2)."""
-
-    exit_code = EXIT_USAGE
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"rxledger: error: {self.format_message()}", err=True)
-
-
-class VerificationFailure(Failure):
-    """Something did not verify (exit 1)."""
-
-    exit_code = EXIT_FAILED
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "Failure", "VerificationFailure", "main", "open_existing"]
 
 
 class LedgerGroup(click.Group):
@@ -64,33 +55,6 @@ class LedgerGroup(click.Group):
             raise Failure(f"database error: {first}") from None
         except OSError as e:
             raise Failure(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
-
-
-def open_existing(database_url: str | None) -> Engine:
-    """An engine on a database that must already hold a ledger (never creates one)."""
-    from ledger.service import is_initialized  # noqa: PLC0415
-
-    url = normalize_url(database_url or default_database_url())
-    parsed = make_url(url)
-    database = parsed.database or ""
-    is_file = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
-    if is_file and not Path(database).exists():
-        raise Failure(f"no database at {database}: run `rxledger init` first")
-    engine = make_engine(url)
-    if not is_initialized(engine):
-        engine.dispose()
-        raise Failure("the database holds no ledger: run `rxledger init` first")
-    return engine
-
-
-db_option = click.option(
-    "--db",
-    "database_url",
-    envvar="RXLEDGER_DATABASE_URL",
-    default=None,
-    show_envvar=True,
-    help="Database URL (default: SQLite file in RXLEDGER_HOME).",
-)
 
 
 @click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -172,105 +136,16 @@ def serve(database_url: str | None, host: str, port: int, log_key_file: Path | N
         os.environ["RXLEDGER_DATABASE_URL"] = database_url
     if log_key_file:
         os.environ["RXLEDGER_LOG_KEY_FILE"] = str(log_key_file)
+    from ledger.witnessing import parse_witnesses  # noqa: PLC0415
+
+    witnesses = parse_witnesses(os.environ.get("RXLEDGER_WITNESSES", ""))  # fail fast, one line
     ledger = Ledger.open(database_url or default_database_url(), log_key_file=log_key_file)
     origin = ledger.origin
     ledger.close()  # opened only to fail fast with a clear message
     click.echo(f"rxledger serving {origin} on http://{host}:{port}", err=True)
+    for endpoint in witnesses:
+        click.echo(f"checkpoints are sent to witness {endpoint.verifier.name}", err=True)
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_level="warning")
-
-
-class _Progress:
-    """A progress line with rate and ETA on a terminal; nothing otherwise."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total = total
-        self.enabled = enabled
-        self.start = time.perf_counter()
-        self.last = 0.0
-
-    def __call__(self, done: int) -> None:
-        if not self.enabled:
-            return
-        t = time.perf_counter()
-        if done < self.total and t - self.last < 0.2:
-            return
-        self.last = t
-        elapsed = max(t - self.start, 1e-9)
-        rate = done / elapsed
-        width = 30
-        filled = int(width * done / self.total) if self.total else width
-        eta = (self.total - done) / rate if rate > 0 else 0.0
-        click.echo(
-            f"\rverifying [{'#' * filled}{'-' * (width - filled)}] {done}/{self.total} "
-            f"{rate:,.0f} rec/s ETA {eta:,.0f}s ",
-            nl=False,
-            err=True,
-        )
-
-    def close(self) -> None:
-        if self.enabled:
-            click.echo("", err=True)
-
-
-@main.command()
-@db_option
-@click.option("--log-key", default=None, help="Pin the log's verifier key (vkey string).")
-@click.option("--registrar-key", default=None, help="Pin the registrar's verifier key.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def verify(
-    database_url: str | None, log_key: str | None, registrar_key: str | None, as_json: bool
-) -> None:
-    """Verify every record, signature, Merkle node and checkpoint of a ledger.
-
-    Exit 0 when everything holds, 1 when something does not (the first bad
-    record is named), 2 on usage or I/O errors.
-    """
-    from ledger.store.audit import verify_database  # noqa: PLC0415
-    from ledger.store.reader import LedgerReader  # noqa: PLC0415
-
-    engine = open_existing(database_url)
-    try:
-        total = LedgerReader(engine).count_records()
-        progress = _Progress(total, enabled=not as_json and sys.stderr.isatty())
-        try:
-            result = verify_database(
-                engine, log_key=log_key, registrar_key=registrar_key, on_progress=progress
-            )
-        except VerificationError as e:
-            progress.close()
-            if as_json:
-                click.echo(json.dumps({"verified": False, "error": _error_json(e)}))
-                sys.exit(EXIT_FAILED)
-            raise
-        progress.close()
-    finally:
-        engine.dispose()
-    summary = {
-        "verified": True,
-        "tree_size": result.size,
-        "root_hash": result.root.hex(),
-        "head_hash": result.head.hex(),
-        "checkpoints_verified": result.checkpoints_verified,
-        "seconds": round(result.seconds, 3),
-        "records_per_second": round(result.rate, 1),
-    }
-    if as_json:
-        click.echo(json.dumps(summary))
-    else:
-        click.echo(
-            f"verified {result.size} records and {result.checkpoints_verified} checkpoints "
-            f"in {result.seconds:.2f}s ({result.rate:,.0f} records/s); root {result.root.hex()}"
-        )
-
-
-def _error_json(error: LedgerError) -> dict[str, Any]:
-    out: dict[str, Any] = {"code": error.code, "message": str(error)}
-    if isinstance(error, RecordError) and error.seq is not None:
-        out["seq"] = error.seq
-    if isinstance(error, MerkleNodeError):
-        out["seq"] = error.first_seq
-        out["node"] = {"level": error.level, "index": error.index}
-    return out
 
 
 @main.command()
@@ -291,7 +166,6 @@ def demo(database_url: str | None, prescriptions: int, seed: int, as_json: bool)
     RXLEDGER_HOME/keys). The insurers' settlement keys are written to the
     settlement key directory, so that `rxledger serve` decides their claims too.
     """
-    from sqlalchemy.engine import make_url  # noqa: PLC0415
 
     from ledger.demo import run_demo  # noqa: PLC0415
     from ledger.service import (  # noqa: PLC0415
@@ -445,89 +319,14 @@ def audit_claim(
     )
 
 
-@main.group()
-def prove() -> None:
-    """Make inclusion and consistency proofs."""
-
-
-@prove.command("inclusion")
-@db_option
-@click.option("--seq", type=click.IntRange(min=0), required=True, help="The record (leaf index).")
-@click.option(
-    "--tree-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Prove against this tree size (default: the latest checkpoint).",
-)
-def prove_inclusion(database_url: str | None, seq: int, tree_size: int | None) -> None:
-    """Print an inclusion proof for record SEQ as JSON."""
-    from ledger.core.checkpoint import note_size  # noqa: PLC0415
-    from ledger.store.reader import LedgerReader  # noqa: PLC0415
-
-    engine = open_existing(database_url)
-    try:
-        reader = LedgerReader(engine)
-        note = reader.latest_checkpoint() if tree_size is None else reader.checkpoint(tree_size)
-        size = note_size(note)
-        record = reader.record(seq)
-        proof = reader.inclusion_proof(seq, size)
-    finally:
-        engine.dispose()
-    click.echo(
-        json.dumps(
-            {
-                "leaf_index": seq,
-                "tree_size": size,
-                "leaf_hash": record.leaf_hash.hex(),
-                "record_hash": record.hash.hex(),
-                "hashes": [h.hex() for h in proof],
-                "checkpoint": note,
-            },
-            indent=2,
-        )
-    )
-
-
-@prove.command("consistency")
-@db_option
-@click.option("--first", type=click.IntRange(min=1), required=True)
-@click.option(
-    "--second",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Default: the latest checkpoint's size.",
-)
-def prove_consistency(database_url: str | None, first: int, second: int | None) -> None:
-    """Print a consistency proof between two tree sizes as JSON."""
-    from ledger.core.checkpoint import note_size  # noqa: PLC0415
-    from ledger.store.reader import LedgerReader  # noqa: PLC0415
-
-    engine = open_existing(database_url)
-    try:
-        reader = LedgerReader(engine)
-        second_note = reader.latest_checkpoint() if second is None else reader.checkpoint(second)
-        second = note_size(second_note)
-        first_note = reader.checkpoint(first)
-        proof = reader.consistency_proof(first, second)
-    finally:
-        engine.dispose()
-    click.echo(
-        json.dumps(
-            {
-                "first": first,
-                "second": second,
-                "hashes": [h.hex() for h in proof],
-                "first_checkpoint": first_note,
-                "second_checkpoint": second_note,
-            },
-            indent=2,
-        )
-    )
-
-
-# The patient's wallet commands (cli/wallet.py), which fail with this module's Failure.
+# The auditor's commands (cli/verify.py) and the patient's wallet (cli/wallet.py),
+# which fail with this module's Failure.
+from cli.verify import export, prove, verify  # noqa: E402
 from cli.wallet import wallet  # noqa: E402
 
+main.add_command(verify)
+main.add_command(export)
+main.add_command(prove)
 main.add_command(wallet)
 
 # The witness commands (cli/witness.py), which fail with this module's Failure.

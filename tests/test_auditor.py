@@ -15,14 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
 from api.app import create_app
+from api.witness import create_witness_app
+from cli.main import main
 from ledger.auditing import AuditorState, HttpSource, verify_remote
 from ledger.core import merkle
 from ledger.core.checkpoint import open_checkpoint
+from ledger.core.cosignature import witness_vkey
 from ledger.core.errors import (
+    CheckpointError,
     ConsistencyProofError,
     EncodingError,
     InconsistencyError,
@@ -37,6 +42,8 @@ from ledger.service import Ledger, read_key_file
 from ledger.store.audit import verify_database
 from ledger.store.schema import records
 from ledger.store.sequencer import Receipt, Submission
+from ledger.witness import Witness, logs_from_verifiers
+from ledger.witnessing import WitnessEndpoint, WitnessSubmitter
 from tests.conftest import LedgerEnv
 from tests.helpers import attest
 from tests.operator import backdate_one, rewrite_history
@@ -268,3 +275,37 @@ def test_the_state_file_is_for_one_log(audited: Audited, tmp_path: Path) -> None
     for source in audited.source():
         with pytest.raises(EncodingError, match="does not parse"):
             verify_remote(source, state_path=junk, log_key=audited.env.log_vkey)
+
+
+def test_a_witness_quorum_is_required_of_the_checkpoint_verified(
+    audited: Audited, tmp_path: Path
+) -> None:
+    witness = Witness(
+        Signer.generate("witness.test/w1"),
+        logs_from_verifiers([Verifier.from_vkey(audited.env.log_vkey)]),
+        tmp_path / "witness.db",
+    )
+    stranger = witness_vkey(Signer.generate("witness.test/w2"))
+    with TestClient(create_witness_app(witness), base_url="http://witness.test") as http:
+        submitter = WitnessSubmitter(
+            audited.env.ledger.engine,
+            [WitnessEndpoint(witness.verifier, "http://witness.test")],
+            client=http,
+        )
+        (result,) = submitter.submit_once()
+        assert result.status == "cosigned"
+
+        verified = audited.verify(witnesses=[witness.verifier.vkey], quorum=1)
+        assert verified.witnesses == ("witness.test/w1",)  # type: ignore[attr-defined]
+        with pytest.raises(CheckpointError, match="1 valid witness cosignature"):
+            audited.verify(witnesses=[witness.verifier.vkey, stranger], quorum=2)
+        # the database mode checks the latest checkpoint's cosignatures too
+        args = ["verify", "--db", audited.env.url, "--witness", witness.verifier.vkey]
+        assert CliRunner().invoke(main, [*args, "--json"]).exit_code == 0
+        failed = CliRunner().invoke(main, [*args, "--witness", stranger])
+        assert failed.exit_code == 1
+        assert "at least 2 required" in failed.output
+        # a newer checkpoint not yet cosigned does not pass
+        audited.append(2)
+        with pytest.raises(CheckpointError, match="0 valid witness cosignature"):
+            audited.verify(witnesses=[witness.verifier.vkey], quorum=1)
