@@ -593,9 +593,9 @@ def export_bundle(
         )
         if count != end - first:
             raise SourceError(f"{source.name} served {count} records, expected {end - first}")
-        notes = list(source.checkpoints(first, end))
-        if not notes or note_size(notes[-1]) != size:
-            notes.append(anchor_note)
+        # the anchor as served: with the witness cosignatures collected for it
+        notes = [n for n in source.checkpoints(first, end) if note_size(n) != size]
+        notes.append(anchor_note)
         checkpoints = writer.lines(CHECKPOINTS, ({"note": n} for n in notes))
         registry = 0
         if first > 0:

@@ -22,7 +22,8 @@ from sqlalchemy import insert
 from api.app import create_app
 from api.witness import create_witness_app
 from cli.main import main
-from ledger.auditing import AuditorState, HttpSource, verify_remote
+from ledger.auditing import AuditorState, DbSource, HttpSource, export_bundle, verify_remote
+from ledger.bundle import verify_bundle
 from ledger.core import merkle
 from ledger.core.checkpoint import open_checkpoint
 from ledger.core.cosignature import witness_vkey
@@ -305,6 +306,11 @@ def test_a_witness_quorum_is_required_of_the_checkpoint_verified(
         failed = CliRunner().invoke(main, [*args, "--witness", stranger])
         assert failed.exit_code == 1
         assert "at least 2 required" in failed.output
+        # a bundle carries the anchor's cosignatures, checked offline
+        bundle = tmp_path / "cosigned.zip"
+        export_bundle(DbSource(audited.env.ledger.engine), bundle, log_vkey=audited.env.log_vkey)
+        checked = verify_bundle(bundle, witnesses=[witness.verifier.vkey], quorum=1)
+        assert checked.witnesses == ("witness.test/w1",)
         # a newer checkpoint not yet cosigned does not pass
         audited.append(2)
         with pytest.raises(CheckpointError, match="0 valid witness cosignature"):
