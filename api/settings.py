@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ledger.service import default_log_key_file
 from ledger.store.db import default_database_url
+from ledger.store.sequencer import MAX_STATEMENT
 from ledger.witnessing import WitnessEndpoint, parse_witnesses
 
 
@@ -26,7 +27,7 @@ class Settings:
     #: around it adds at most 266 bytes (seq, prev, received_at, signature), and
     #: a record must fit a C2SP tlog-tiles entry (at most 65,535 bytes): 60 KiB
     #: leaves room to spare (tests/test_tiles.py checks the arithmetic).
-    max_statement_bytes: int = 60 * 1024
+    max_statement_bytes: int = MAX_STATEMENT
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -27,7 +27,7 @@ from ledger.domain.rules import decide
 from ledger.domain.state import MemoryState
 from ledger.store.audit import verify_database
 from ledger.store.schema import checkpoints, records
-from ledger.store.sequencer import MAX_BATCH, Receipt, Submission
+from ledger.store.sequencer import MAX_BATCH, MAX_STATEMENT, Receipt, Submission
 from tests.conftest import (
     BACKENDS,
     LedgerEnv,
@@ -582,3 +582,15 @@ def test_a_batch_signed_by_a_thousand_actors(ledger_env: LedgerEnv) -> None:
     attested = ledger_env.ledger.append([Submission(attest(s)) for s in signers])
     assert all(isinstance(o, Receipt) for o in attested)
     assert len({o.seq for o in attested if isinstance(o, Receipt)}) == MAX_BATCH
+
+
+def test_a_statement_too_large_for_a_tiles_entry_is_refused(ledger_env: LedgerEnv) -> None:
+    """Direct appends meet the API's limit too: every record fits a tlog-tiles entry."""
+    big = make_statement(ledger_env.registrar, "doc.attest", {"digest": "a" * MAX_STATEMENT})
+    before = snapshot(ledger_env.ledger.engine)
+
+    (outcome,) = ledger_env.ledger.append([Submission(big)])
+
+    assert isinstance(outcome, RejectionError)
+    assert outcome.code == "too-large"
+    assert snapshot(ledger_env.ledger.engine) == before

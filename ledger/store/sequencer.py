@@ -64,6 +64,10 @@ log = logging.getLogger("rxledger.sequencer")
 MAX_BATCH = 1000
 MAX_CACHED_DOCS = 200_000
 MAX_PAYLOAD = 256 * 1024
+#: the largest statement (its signed bytes): with the record's own fields
+#: (at most 266 bytes) every record stays under the 65,535 bytes a C2SP
+#: tlog-tiles entry may hold. The API enforces the same limit on input.
+MAX_STATEMENT = 60 * 1024
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,11 @@ class Sequencer:
         """
         signed = submission.signed
         statement = signed.statement
+        if len(signed.signed_bytes) > MAX_STATEMENT:
+            raise RejectionError(
+                "too-large",
+                f"statement is {len(signed.signed_bytes)} bytes; at most {MAX_STATEMENT}",
+            )
         if not verifier_for(statement.key).verify(signed.signed_bytes, signed.signature):
             raise RejectionError(
                 "bad-signature", f"statement signature does not verify under key {statement.key}"
