@@ -483,6 +483,17 @@ def verify_bundle(
         bundle.close()
 
 
+def _check_signature(record: Record) -> None:
+    """The actor's signature on the record's statement, over the exact bytes."""
+    key = record.statement().key
+    try:
+        valid = verifier_for(key).verify(record.statement_bytes, record.signature)
+    except KeyFormatError as e:
+        raise RecordError(f"statement.key: {e}", seq=record.seq) from e
+    if not valid:
+        raise RecordError(f"statement signature does not verify under key {key}", seq=record.seq)
+
+
 def _note(row: Mapping[str, Any]) -> str:
     note = row.get("note")
     if not isinstance(note, str):
@@ -524,16 +535,7 @@ def _resume_range(
             raise RecordError(
                 f"{REGISTRY}: a {statement.type} record is not a registry record", seq=seq
             )
-        try:
-            signature_ok = verifier_for(statement.key).verify(
-                record.statement_bytes, record.signature
-            )
-        except KeyFormatError as e:
-            raise RecordError(f"statement.key: {e}", seq=seq) from e
-        if not signature_ok:
-            raise RecordError(
-                f"statement signature does not verify under key {statement.key}", seq=seq
-            )
+        _check_signature(record)
         replay(seq, statement)
         count += 1
     doc = bundle.document(ANCHOR)
@@ -638,12 +640,7 @@ def verify_proof_document(
     data = _unb64(document.get("record"), "proof file record")
     record = Record.from_bytes(data, expected_seq=seq)
     statement = record.statement()
-    try:
-        signature_ok = verifier_for(statement.key).verify(record.statement_bytes, record.signature)
-    except KeyFormatError as e:
-        raise RecordError(f"statement.key: {e}", seq=seq) from e
-    if not signature_ok:
-        raise RecordError(f"statement signature does not verify under key {statement.key}", seq=seq)
+    _check_signature(record)
     proof = _hashes(document.get("hashes"), "proof file hashes")
     try:
         merkle.verify_inclusion(leaf_hash(data), seq, checkpoint.size, proof, checkpoint.root_hash)

@@ -24,11 +24,12 @@ from api.errors import PROBLEM_JSON
 from api.settings import Settings
 from ledger.core import merkle, tiles
 from ledger.core.checkpoint import Checkpoint, open_checkpoint
-from ledger.core.errors import EncodingError
+from ledger.core.errors import EncodingError, RejectionError
 from ledger.core.note import Signer, Verifier
 from ledger.core.record import build_record_bytes, leaf_hash
 from ledger.core.statement import SignedStatement, make_statement
 from ledger.core.tiles import TileId
+from ledger.store import sequencer
 from ledger.store.sequencer import Receipt, Submission
 from tests.conftest import (
     BACKENDS,
@@ -595,13 +596,19 @@ def test_statements_up_to_the_limit_are_served_in_entry_bundles(ledger_env: Ledg
         log.http.close()
 
 
-def test_a_record_too_large_for_an_entry_bundle_is_a_loud_error(ledger_env: LedgerEnv) -> None:
-    # Not through the API (which refuses such statements), but straight into the
-    # sequencer, as a future code path might: the bundle is refused, not truncated.
+def test_a_record_too_large_for_an_entry_bundle_is_a_loud_error(
+    ledger_env: LedgerEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sequencer refuses such statements, as the API does...
     insurer = register(ledger_env, "insurer-huge", "insurer")
+    signed = policy_of_size(insurer, 1, tiles.MAX_ENTRY_SIZE)
+    (refused,) = ledger_env.ledger.append([Submission(signed)])
+    assert isinstance(refused, RejectionError)
+    assert refused.code == "too-large"
+    # ...but should a future code path write one, its bundle is refused, not truncated.
+    monkeypatch.setattr(sequencer, "MAX_STATEMENT", 10 * tiles.MAX_ENTRY_SIZE)
     log = make_tiled_log(ledger_env)
     try:
-        signed = policy_of_size(insurer, 1, tiles.MAX_ENTRY_SIZE)
         (outcome,) = ledger_env.ledger.append([Submission(signed)])
         assert isinstance(outcome, Receipt), outcome
         size = outcome.seq + 1
