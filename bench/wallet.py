@@ -32,14 +32,24 @@ see ``Appender``).
 
 Measured: ``--uses`` (K, default 20) uses, each by a random data user for a
 random purpose and 1-2 categories over a random cohort of ``--cohort``
-patients (default 10,000), in two modes:
+patients (default 10,000), in four modes:
 
 - ``cold``: before each use another writer (a second ``Ledger`` on the same
   database, i.e. another service process) appends one ``doc.attest``
-  (untimed), so the sequencer's document cache is invalid and it reads
-  every consent document of the cohort from the database;
-- ``warm``: the service as the only writer (its sequencer cache holds what
-  earlier uses read; random cohorts overlap, so it warms up over the run).
+  (untimed), so the sequencer's document cache is invalid, and the
+  process's consent cache (:mod:`ledger.store.consents`) is emptied, as in a
+  process that never saw these patients: the preview reads every consent
+  document of the cohort from the database, the sequencer finds them in the
+  cache;
+- ``split``: as ``cold``, and the consent cache is emptied again between the
+  preview and the append (untimed), as if another process had answered the
+  preview: both read the whole cohort from the database (the cost of a
+  decision before the cache);
+- ``other``: another writer appends before each use, the caches are kept
+  (the consent cache follows the log: it drops only the patients whose
+  consents changed, here none);
+- ``warm``: the service as the only writer, caches kept (random cohorts
+  overlap, so the consent cache warms up over the run).
 
 Each use is checked (untimed): accepted, and the recorded permitted set
 equals the preview's. Reported: p50/p90/p99/max/mean of preview, append and
@@ -109,6 +119,7 @@ from ledger.core.statement import format_time, make_statement, now  # noqa: E402
 from ledger.domain.state import MemoryState  # noqa: E402
 from ledger.domain.wallet import CATEGORIES, DS, GRU, HMB, NCU, NPU, POA, PUB, TS  # noqa: E402
 from ledger.service import Ledger, init_ledger  # noqa: E402
+from ledger.store.consents import ConsentCache, consent_cache  # noqa: E402
 from ledger.store.db import normalize_url  # noqa: E402
 from ledger.store.schema import projections, records  # noqa: E402
 from ledger.store.sequencer import MAX_PAYLOAD, Receipt, Submission  # noqa: E402
@@ -425,7 +436,12 @@ def build(url: str, key_dir: Path, n_patients: int, n_consents: int, seed: int) 
 
     chosen = rng.sample(grants, int(n_consents * (REVOKE_SHARE + NARROW_SHARE)))
     revokes = chosen[: int(n_consents * REVOKE_SHARE)]
-    narrows = [g for g in chosen[len(revokes) :] if len(g["categories"]) > 1]
+    # an ended consent cannot be narrowed (consent-ended): only those still running
+    narrows = [
+        g
+        for g in chosen[len(revokes) :]
+        if len(g["categories"]) > 1 and g["valid_until"] > format_time(t)
+    ]
 
     def revoke(body: dict[str, Any]) -> Any:
         return make_statement(
@@ -489,6 +505,8 @@ class Breakdown:
 
     TARGETS = (
         ("DbState.get_many", DbState, "get_many"),
+        ("DbState._fetch", DbState, "_fetch"),
+        ("ConsentCache.read", ConsentCache, "read"),
         ("MemoryState.get_many", MemoryState, "get_many"),
         ("evaluate_use", wallet_rules, "evaluate_use"),
         ("cohort_root", wallet_rules, "cohort_root"),
@@ -537,10 +555,14 @@ def one_use(
     spec: dict[str, Any],
     *,
     profiles: tuple[cProfile.Profile, cProfile.Profile] | None = None,
+    between: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
+    """One use: preview, sign, append; ``between`` runs (untimed) before the append."""
     use_id = f"use-{uuid.uuid4().hex[:16]}"
     at = format_time(now())
     cached = len(ledger.sequencer._docs)  # a private field, read as a diagnostic
+    stats = consent_cache(ledger.engine).stats
+    counts = [(stats.hits, stats.misses)]
     c0 = time.process_time()
     t0 = time.perf_counter()
     if profiles:
@@ -567,6 +589,12 @@ def one_use(
         "payload_digest": digest,
     }
     signed = make_statement(signer_for(seed, spec["data_user"]), "data.use", body, issued_at=at)
+    counts.append((stats.hits, stats.misses))
+    if between is not None:
+        between()
+        counts.append((stats.hits, stats.misses))
+    else:
+        counts.append(counts[-1])
     c2 = time.process_time()
     t2 = time.perf_counter()
     if profiles:
@@ -576,6 +604,7 @@ def one_use(
         profiles[1].disable()
     t3 = time.perf_counter()
     c3 = time.process_time()
+    counts.append((stats.hits, stats.misses))
     if not isinstance(outcome, Receipt):
         raise RuntimeError(f"data.use refused: {outcome!r}")
     recorded = wallet_service.released(ledger.engine, use_id)
@@ -599,6 +628,11 @@ def one_use(
         "append_cpu_s": c3 - c2,
         "decision_cpu_s": (c1 - c0) + (c3 - c2),
         "sequencer_cache_docs_before": cached,
+        # consent documents found in / read past the consent cache
+        "preview_cache_hits": counts[1][0] - counts[0][0],
+        "preview_cache_misses": counts[1][1] - counts[0][1],
+        "append_cache_hits": counts[3][0] - counts[2][0],
+        "append_cache_misses": counts[3][1] - counts[2][1],
     }
 
 
@@ -616,6 +650,8 @@ def summarize_mode(uses: list[dict[str, Any]], breakdowns: list[dict[str, float]
         "append_cpu": summary([u["append_cpu_s"] for u in uses]),
         "decision_cpu": summary([u["decision_cpu_s"] for u in uses]),
         "permitted_share": sum(u["permitted"] for u in uses) / requested,
+        "preview_cache_hit_share": sum(u["preview_cache_hits"] for u in uses) / requested,
+        "append_cache_hit_share": sum(u["append_cache_hits"] for u in uses) / requested,
         "permitted_range": [min(u["permitted"] for u in uses), max(u["permitted"] for u in uses)],
         "payload_bytes_max": max(u["payload_bytes"] for u in uses),
         "breakdown_mean_ms": {
@@ -664,14 +700,17 @@ def measure(
         if not isinstance(o, Receipt):
             raise RuntimeError(f"doc.attest refused: {o!r}")
 
-    for mode in ("cold", "warm"):
+    cache = consent_cache(ledger.engine)
+    for mode in ("cold", "split", "other", "warm"):
         uses, breakdowns = [], []
         for i in range(k):
             spec = random_use(rng, patients, cohort_size)
-            if mode == "cold":
+            if mode != "warm":
                 intervene()
+            if mode in ("cold", "split"):
+                cache.clear()
             breakdown.take()
-            use = one_use(ledger, seed, spec)
+            use = one_use(ledger, seed, spec, between=cache.clear if mode == "split" else None)
             breakdowns.append(breakdown.take())
             use["inside_ms"] = {k: v * 1000 for k, v in breakdowns[-1].items()}
             uses.append(use)
@@ -680,17 +719,20 @@ def measure(
                 f"append {use['append_s'] * 1000:7.1f} ms  "
                 f"decision {use['decision_s'] * 1000:7.1f} ms  "
                 f"permitted {use['permitted']:,}/{use['requested']:,} "
-                f"({use['data_user']}, {use['purpose']['code']}, {','.join(use['categories'])})",
+                f"({use['data_user']}, {use['purpose']['code']}, {','.join(use['categories'])}); "
+                f"cache hits {use['preview_cache_hits']:,} + {use['append_cache_hits']:,}",
                 flush=True,
             )
         out["modes"][mode] = summarize_mode(uses, breakdowns)
     out["peak_rss_mb"] = peak_rss_mb()
+    out["consent_cache"] = {"patients": len(cache), **vars(cache.stats)}
 
     if profile:
         profiles = (cProfile.Profile(), cProfile.Profile())
         n = min(k, 5)
         for _ in range(n):
             intervene()
+            cache.clear()
             one_use(ledger, seed, random_use(rng, patients, cohort_size), profiles=profiles)
         out["profile"] = {"uses": n, "mode": "cold"}
         for name, prof in zip(("preview", "append"), profiles, strict=True):
@@ -825,13 +867,20 @@ def report(backend: str, info: dict[str, Any], measured: dict[str, Any]) -> None
                 f"{s['p99_ms']:8.1f} {s['max_ms']:8.1f} {s['mean_ms']:8.1f}"
             )
         inside = ", ".join(f"{k} {v:.0f}" for k, v in m["breakdown_mean_ms"].items())
-        print(f"      permitted {m['permitted_share']:.1%}; mean ms inside: {inside}")
+        print(
+            f"      permitted {m['permitted_share']:.1%}; consent cache hits: preview "
+            f"{m['preview_cache_hit_share']:.0%}, append {m['append_cache_hit_share']:.0%}"
+        )
+        print(f"      mean ms inside: {inside}")
         verdict = "met" if m["decision"]["p99_ms"] < GOAL_P99_MS else "MISSED"
         print(
             f"      goal decision p99 < {GOAL_P99_MS:.0f} ms: {verdict} "
             f"({m['decision']['p99_ms']:.0f} ms)"
         )
-    print(f"  peak RSS of the measuring process: {measured['peak_rss_mb']:.0f} MiB")
+    print(
+        f"  peak RSS of the measuring process: {measured['peak_rss_mb']:.0f} MiB "
+        f"(consent cache at the end: {measured['consent_cache']})"
+    )
 
 
 def main() -> None:

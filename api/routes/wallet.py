@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 
 from api.auth import ActorDep, require_patient
 from api.deps import LedgerDep
@@ -52,7 +53,10 @@ async def preview(request: Request, ledger: LedgerDep, actor: ActorDep) -> dict[
     patients = f.list_field(body, "patients", "body", min_len=1, max_len=rules.MAX_COHORT)
     for i, patient in enumerate(patients):
         f.id_field({"p": patient}, "p", f"body.patients[{i}]")
-    return preview_use(
+    # Deciding a cohort of thousands takes a while: in a worker thread, not on the
+    # event loop, so that other requests are served meanwhile.
+    return await run_in_threadpool(
+        preview_use,
         ledger.engine,
         data_user=actor["actor_id"],
         use_id=use_id,

@@ -58,7 +58,7 @@ from ledger.domain.rules import decide
 from ledger.domain.state import Document, MemoryState, Put, State
 from ledger.store.db import WRITE, is_sqlite
 from ledger.store.schema import checkpoints, log_head, merkle_nodes, payloads, records
-from ledger.store.state import DbState, bulk_insert, pairs_in, project
+from ledger.store.state import DbState, OverlayState, bulk_insert, pairs_in, project
 
 log = logging.getLogger("rxledger.sequencer")
 MAX_BATCH = 1000
@@ -256,7 +256,7 @@ class Sequencer:
             received_at = max(format_time(self.clock()), head.last_received_at)
             received = parse_time(received_at)
             cache = self._cache_for(head.size)
-            state = MemoryState(base=DbState(conn, head.size, cache), records=head.size)
+            state = OverlayState(base=DbState(conn, head.size, cache), records=head.size)
             accepted: list[_Pending] = []
             for item in pending:
                 if outcomes[item.index] is not None or item.duplicate_of is not None:

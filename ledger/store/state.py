@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar, overload
 
 from sqlalchemy import ColumnElement, Connection, Table, and_, delete, insert, or_, select, text
 
-from ledger.domain.state import Document, Put
+from ledger.domain.state import Document, MemoryState, Put
+from ledger.domain.wallet import CONSENTS, Terms, consent_terms
+from ledger.store.consents import consent_cache
 from ledger.store.schema import projections
 
 
@@ -59,6 +61,7 @@ def encode(value: Document) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+T = TypeVar("T")
 _BY_KEYS_PG = text("SELECT key, value FROM projections WHERE kind = :kind AND key = ANY(:keys)")
 
 
@@ -97,6 +100,14 @@ class DbState:
     def peek_many(self, kind: str, keys: list[str]) -> dict[str, Document | None]:
         return self.get_many(kind, keys)
 
+    def consent_terms(self, patients: list[str]) -> dict[str, Terms]:
+        """:class:`ledger.domain.wallet.ConsentTermsReader`: from the engine's shared
+        cache (:mod:`ledger.store.consents`), which reads what it lacks."""
+        cache = consent_cache(self._conn.engine)
+        return cache.read(
+            self._conn, patients, self._size, lambda ks: self._fetch(CONSENTS, ks, consent_terms)
+        )
+
     def get_many(self, kind: str, keys: list[str]) -> dict[str, Document | None]:
         out: dict[str, Document | None] = {}
         missing = []
@@ -105,10 +116,32 @@ class DbState:
                 out[key] = self._cache[(kind, key)]
             else:
                 missing.append(key)
+        found = self._fetch(kind, missing)
+        for key in missing:
+            out[key] = found[key]
+            if self._cache is not None:
+                self._cache[(kind, key)] = out[key]
+        return out
+
+    @overload
+    def _fetch(self, kind: str, keys: list[str]) -> dict[str, Document | None]: ...
+
+    @overload
+    def _fetch(
+        self, kind: str, keys: list[str], derive: Callable[[Document | None], T]
+    ) -> dict[str, T]: ...
+
+    def _fetch(
+        self, kind: str, keys: list[str], derive: Callable[[Document | None], Any] | None = None
+    ) -> dict[str, Any]:
+        """Read documents from the table, ``None`` for those that do not exist; with
+        ``derive``, ``derive(document)`` instead, each worked out as it is parsed (so
+        that ten thousand parsed documents are never alive at once)."""
+        out: dict[str, Any] = {}
         postgres = self._conn.dialect.name == "postgresql"
         per_query = 20_000 if postgres else 5_000  # SQLite: under its 32,766 parameters
-        for start in range(0, len(missing), per_query):
-            chunk = missing[start : start + per_query]
+        for start in range(0, len(keys), per_query):
+            chunk = keys[start : start + per_query]
             if postgres:  # one array parameter, not one parameter per key
                 rows = self._conn.execute(_BY_KEYS_PG, {"kind": kind, "keys": chunk}).all()
             else:
@@ -117,11 +150,14 @@ class DbState:
                         projections.c.kind == kind, projections.c.key.in_(chunk)
                     )
                 ).all()
-            found = {r.key: json.loads(r.value) for r in rows}
-            for key in chunk:
-                out[key] = found.get(key)
-                if self._cache is not None:
-                    self._cache[(kind, key)] = out[key]
+            if derive is None:
+                found = {r.key: json.loads(r.value) for r in rows}
+                for key in chunk:
+                    out[key] = found.get(key)
+            else:
+                found = {r.key: derive(json.loads(r.value)) for r in rows}
+                for key in chunk:
+                    out[key] = found[key] if key in found else derive(None)
         return out
 
     def _read(self, kind: str, key: str) -> Document | None:
@@ -132,6 +168,21 @@ class DbState:
             return None
         document: Document = json.loads(value)
         return document
+
+
+class OverlayState(MemoryState):
+    """The sequencer's overlay (:class:`MemoryState` in front of a :class:`DbState`),
+    which also gives consent terms: of the documents the batch has read or
+    changed from its own, of the rest from the database state's cache."""
+
+    def consent_terms(self, patients: list[str]) -> dict[str, Terms]:
+        here = [p for p in patients if (CONSENTS, p) in self.data]
+        out = {p: consent_terms(self.data[(CONSENTS, p)]) for p in here}
+        rest = [p for p in patients if (CONSENTS, p) not in self.data]
+        if rest:
+            assert isinstance(self.base, DbState)
+            out.update(self.base.consent_terms(rest))
+        return out
 
 
 def project(connection: Connection, effects: Iterable[Put]) -> None:
