@@ -30,8 +30,6 @@ checkpoint) is a wire format too, so it lives here, pure, for both the witness
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
 import re
 import struct
 from collections.abc import Iterable, Sequence
@@ -48,7 +46,9 @@ from ledger.core.note import (
     Note,
     Signer,
     UnverifiedNoteError,
+    b64decode_strict,
     is_valid_key_name,
+    key_id,
     open_note,
 )
 
@@ -91,19 +91,8 @@ _TIMESTAMP_SIZE = 8
 _LINE_PAYLOAD_SIZE = _KEY_ID_SIZE + _TIMESTAMP_SIZE + _ED25519_SIGNATURE_SIZE
 _HASH_SIZE = 32
 
-_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _HEX_KEY_ID = re.compile(r"[0-9a-f]{8}")
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
-
-
-def _b64decode(text: str) -> bytes | None:
-    """Standard padded base64 (RFC 4648 §4), or ``None`` if ``text`` is not that."""
-    if _BASE64.fullmatch(text) is None:
-        return None
-    try:
-        return binascii.a2b_base64(text, strict_mode=True)
-    except binascii.Error:  # pragma: no cover - the pattern already excludes these
-        return None
 
 
 def _b64encode(data: bytes) -> str:
@@ -121,14 +110,7 @@ def _check_timestamp(timestamp: int) -> None:
 
 def cosignature_key_id(name: str, public_key: bytes) -> bytes:
     """The 4-byte cosignature/v1 key id: ``SHA-256(name || 0x0A || 0x04 || key)[:4]``."""
-    if len(public_key) != _PUBLIC_KEY_SIZE:
-        raise KeyFormatError(
-            f"Ed25519 public key has wrong size: expected {_PUBLIC_KEY_SIZE}, got {len(public_key)}"
-        )
-    digest = hashlib.sha256(
-        name.encode("utf-8") + b"\n" + bytes([COSIGNATURE_V1_TYPE]) + public_key
-    ).digest()
-    return digest[:_KEY_ID_SIZE]
+    return key_id(name, public_key, COSIGNATURE_V1_TYPE)
 
 
 def cosignature_message(checkpoint_text: str, timestamp: int) -> bytes:
@@ -215,7 +197,7 @@ class WitnessVerifier:
             raise KeyFormatError(
                 f"witness key: key id must be 8 lower-case hex digits, got {hex_id!r}"
             )
-        key = _b64decode(key64)
+        key = b64decode_strict(key64)
         if not key:
             raise KeyFormatError("witness key: key data is not base64")
         if key[0] != COSIGNATURE_V1_TYPE:
@@ -389,7 +371,7 @@ def _parse_signature_lines(lines: str) -> list[str]:
         name, _, b64 = line[len(SIGNATURE_PREFIX) :].partition(" ")
         if not is_valid_key_name(name):
             raise NoteFormatError(f"signature line {number} has an invalid key name {name!r}")
-        payload = _b64decode(b64)
+        payload = b64decode_strict(b64)
         if payload is None or len(payload) <= _KEY_ID_SIZE:
             raise NoteFormatError(
                 f"signature line {number} is not base64 of a key id and a signature"
@@ -484,7 +466,7 @@ def parse_add_checkpoint_request(body: bytes) -> AddCheckpointRequest:
         )
     proof = []
     for number, line in enumerate(proof_lines, start=1):
-        digest = _b64decode(line)
+        digest = b64decode_strict(line)
         if digest is None or len(digest) != _HASH_SIZE:
             raise NoteFormatError(
                 f"consistency proof line {number} is not the base64 of a 32-byte hash"

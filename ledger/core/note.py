@@ -89,7 +89,7 @@ _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
-def _b64decode(text: str) -> bytes | None:
+def b64decode_strict(text: str) -> bytes | None:
     """Standard padded base64 (RFC 4648 §4), or ``None`` if ``text`` is not that."""
     if _BASE64.fullmatch(text) is None:
         return None
@@ -115,17 +115,19 @@ def is_valid_key_name(name: str) -> bool:
     return not any(ord(ch) in _WHITE_SPACE for ch in name)
 
 
-def key_id(name: str, public_key: bytes) -> bytes:
-    """The 4-byte key id of an Ed25519 key: ``SHA-256(name || 0x0A || 0x01 || key)[:4]``.
+def key_id(name: str, public_key: bytes, signature_type: int = ED25519_SIGNATURE_TYPE) -> bytes:
+    """The 4-byte key id of an Ed25519 key: ``SHA-256(name || 0x0A || type || key)[:4]``.
 
-    c2sp.org/signed-note, "Ed25519 signatures".
+    c2sp.org/signed-note, "Ed25519 signatures" (type ``0x01``); witness
+    cosignature keys use the same derivation with type ``0x04``
+    (c2sp.org/tlog-cosignature).
     """
     if len(public_key) != _PUBLIC_KEY_SIZE:
         raise KeyFormatError(
             f"Ed25519 public key has wrong size: expected {_PUBLIC_KEY_SIZE}, got {len(public_key)}"
         )
     digest = hashlib.sha256(
-        name.encode("utf-8") + b"\n" + bytes([ED25519_SIGNATURE_TYPE]) + public_key
+        name.encode("utf-8") + b"\n" + bytes([signature_type]) + public_key
     ).digest()
     return digest[:_KEY_ID_SIZE]
 
@@ -147,7 +149,7 @@ def _parse_key_fields(name: str, hex_id: str, key64: str, what: str) -> tuple[by
     _check_name(name, what)
     if _HEX_KEY_ID.fullmatch(hex_id) is None:
         raise KeyFormatError(f"{what}: key id must be 8 hex digits")
-    key = _b64decode(key64)
+    key = b64decode_strict(key64)
     if not key:
         raise KeyFormatError(f"{what}: key data is not base64")
     if key[0] != ED25519_SIGNATURE_TYPE:
@@ -456,7 +458,7 @@ def _parse_note(message: str | bytes) -> tuple[str, list[_SignatureLine]]:
             raise NoteFormatError(
                 f"malformed note: signature line {number} has an invalid key name {name!r}"
             )
-        sig = _b64decode(b64) if b64 else None
+        sig = b64decode_strict(b64) if b64 else None
         if sig is None:
             raise NoteFormatError(f"malformed note: signature line {number} is not base64")
         if len(sig) <= _KEY_ID_SIZE:
