@@ -402,3 +402,69 @@ def ensure_cached_ledger(n: int, rebuild: bool = False) -> dict[str, Any]:
         flush=True,
     )
     return data
+
+
+# -- named PostgreSQL databases, kept between runs as caches --------------------------
+
+
+def _admin() -> Any:
+    from sqlalchemy import create_engine
+
+    from ledger.store.db import normalize_url
+
+    return create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+
+
+def pg_url(name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    from ledger.store.db import normalize_url
+
+    url = make_url(normalize_url(POSTGRES_URL)).set(database=name)
+    return url.render_as_string(hide_password=False)
+
+
+def pg_exists(name: str) -> bool:
+    from sqlalchemy import text
+
+    admin = _admin()
+    with admin.connect() as conn:
+        found = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+        exists = found.first() is not None
+    admin.dispose()
+    return exists
+
+
+def pg_create(name: str, template: str | None = None) -> str:
+    """(Re)create database ``name``, optionally as a copy of ``template``; its URL."""
+    from sqlalchemy import text
+
+    admin = _admin()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        suffix = f' TEMPLATE "{template}"' if template else ""
+        conn.execute(text(f'CREATE DATABASE "{name}"{suffix}'))
+    admin.dispose()
+    return pg_url(name)
+
+
+def pg_drop(name: str) -> None:
+    from sqlalchemy import text
+
+    admin = _admin()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def pg_version() -> str | None:
+    from sqlalchemy import text
+
+    try:
+        admin = _admin()
+        with admin.connect() as conn:
+            version = str(conn.execute(text("SHOW server_version")).scalar())
+        admin.dispose()
+        return version
+    except Exception:  # reported as unavailable
+        return None

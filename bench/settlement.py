@@ -54,10 +54,8 @@ import hashlib
 import io
 import json
 import os
-import platform
 import pstats
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -73,8 +71,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    latency_summary,
+    machine,
+    peak_rss_mb,
+    pg_create,
+    pg_drop,
+    pg_exists,
+    pg_url,
+)
+from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from ledger.core.errors import LedgerError  # noqa: E402
@@ -83,14 +90,11 @@ from ledger.core.payload import seal  # noqa: E402
 from ledger.core.statement import format_time, make_statement, now  # noqa: E402
 from ledger.demo import CATALOGUE, INSURERS  # noqa: E402
 from ledger.service import Ledger, init_ledger, read_key_file, write_key_file  # noqa: E402
-from ledger.store.db import normalize_url  # noqa: E402
 from ledger.store.schema import records  # noqa: E402
 from ledger.store.sequencer import Receipt, Submission  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CACHE = RESULTS / "settlement-cache"
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-POSTGRES_URL = os.environ.get("RXLEDGER_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
 GOAL_P99_MS = 50.0
 _DAY = timedelta(days=1)
 CASH_SHARE = 0.05  # dispenses paid in cash (not claimed) in the history
@@ -98,93 +102,15 @@ OVER_CAP_SHARE = 0.05  # dispenses priced above the insurer's cap (partially app
 CHAINS_PER_BATCH = 333  # issue + dispense + claim = 999 submissions (MAX_BATCH 1000)
 
 
-# -- machine, statistics (copied from bench/_common.py, which is not ours) ------------
-
-
-def machine() -> dict[str, Any]:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg": os.getloadavg(),
-    }
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    data = sorted(values)
-    pos = (len(data) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+# -- statistics ---------------------------------------------------------------------
 
 
 def summary(seconds: list[float]) -> dict[str, float]:
-    ms = [s * 1000 for s in seconds]
     total = sum(seconds)
     return {
-        "n": len(ms),
-        "p50_ms": pct(ms, 50),
-        "p90_ms": pct(ms, 90),
-        "p99_ms": pct(ms, 99),
-        "max_ms": max(ms),
-        "mean_ms": statistics.fmean(ms),
-        "claims_per_s": len(ms) / total if total else float("nan"),
+        **latency_summary(seconds),
+        "claims_per_s": len(seconds) / total if total else float("nan"),
     }
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# -- PostgreSQL databases (as tests/conftest.py) --------------------------------------
-
-
-def _admin() -> Any:
-    return create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-
-
-def pg_url(name: str) -> str:
-    return make_url(normalize_url(POSTGRES_URL)).set(database=name).render_as_string(False)
-
-
-def pg_exists(name: str) -> bool:
-    admin = _admin()
-    with admin.connect() as conn:
-        found = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
-        exists = found.first() is not None
-    admin.dispose()
-    return exists
-
-
-def pg_create(name: str) -> str:
-    admin = _admin()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return pg_url(name)
-
-
-def pg_drop(name: str) -> None:
-    admin = _admin()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-# -- the world --------------------------------------------------------------------------
 
 
 def formulary(spec: Any) -> dict[str, dict[str, int]]:

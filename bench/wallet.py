@@ -84,12 +84,9 @@ import hashlib
 import io
 import json
 import os
-import platform
 import pstats
 import random
-import resource
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -105,9 +102,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    POSTGRES_URL,
+    latency_summary,
+    machine,
+    peak_rss_mb,
+    pg_create,
+    pg_drop,
+    pg_exists,
+    pg_version,
+)
+from sqlalchemy import func, select, text  # noqa: E402
 
 import ledger.domain.wallet as wallet_rules  # noqa: E402
 import ledger.store.sequencer as sequencer_module  # noqa: E402
@@ -120,15 +126,12 @@ from ledger.domain.state import MemoryState  # noqa: E402
 from ledger.domain.wallet import CATEGORIES, DS, GRU, HMB, NCU, NPU, POA, PUB, TS  # noqa: E402
 from ledger.service import Ledger, init_ledger  # noqa: E402
 from ledger.store.consents import ConsentCache, consent_cache  # noqa: E402
-from ledger.store.db import normalize_url  # noqa: E402
 from ledger.store.schema import projections, records  # noqa: E402
 from ledger.store.sequencer import MAX_PAYLOAD, Receipt, Submission  # noqa: E402
 from ledger.store.state import DbState  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CACHE = RESULTS / "wallet-cache"
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-POSTGRES_URL = os.environ.get("RXLEDGER_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
 GOAL_P99_MS = 500.0
 BATCH = 1000
 #: batches signed by many different actors (the patients' own statements) are kept
@@ -148,112 +151,6 @@ DISEASES = ("E11", "E10", "C50", "I10", "J45", "F32")
 REVOKE_SHARE = 0.02
 NARROW_SHARE = 0.01
 _DAY = timedelta(days=1)
-
-
-# -- machine, statistics ------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "mem_gb": mem_gb,
-        "python": f"{platform.python_version()} ({platform.python_implementation()})",
-        "platform": platform.platform(),
-        "sqlite": sqlite3.sqlite_version,
-        "loadavg": os.getloadavg(),
-    }
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    data = sorted(values)
-    pos = (len(data) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-
-def summary(seconds: list[float]) -> dict[str, float]:
-    ms = [s * 1000 for s in seconds]
-    return {
-        "n": len(ms),
-        "p50_ms": pct(ms, 50),
-        "p90_ms": pct(ms, 90),
-        "p99_ms": pct(ms, 99),
-        "max_ms": max(ms) if ms else float("nan"),
-        "mean_ms": statistics.fmean(ms) if ms else float("nan"),
-    }
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# -- PostgreSQL databases (as tests/conftest.py) --------------------------------------
-
-
-def _admin() -> Any:
-    return create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-
-
-def pg_url(name: str) -> str:
-    url = make_url(normalize_url(POSTGRES_URL)).set(database=name)
-    return url.render_as_string(hide_password=False)
-
-
-def pg_exists(name: str) -> bool:
-    admin = _admin()
-    with admin.connect() as conn:
-        found = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
-        exists = found.first() is not None
-    admin.dispose()
-    return exists
-
-
-def pg_create(name: str, template: str | None = None) -> str:
-    admin = _admin()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        suffix = f' TEMPLATE "{template}"' if template else ""
-        conn.execute(text(f'CREATE DATABASE "{name}"{suffix}'))
-    admin.dispose()
-    return pg_url(name)
-
-
-def pg_drop(name: str) -> None:
-    admin = _admin()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-def pg_version() -> str | None:
-    try:
-        admin = _admin()
-        with admin.connect() as conn:
-            version = str(conn.execute(text("SHOW server_version")).scalar())
-        admin.dispose()
-        return version
-    except Exception:  # reported as unavailable
-        return None
 
 
 # -- the world: deterministic ids and keys ----------------------------------------------
@@ -640,15 +537,15 @@ def summarize_mode(uses: list[dict[str, Any]], breakdowns: list[dict[str, float]
     labels = sorted({k for b in breakdowns for k in b})
     requested = sum(u["requested"] for u in uses)
     return {
-        "preview": summary([u["preview_s"] for u in uses]),
-        "append": summary([u["append_s"] for u in uses]),
-        "decision": summary([u["decision_s"] for u in uses]),
-        "client_sign_seal": summary([u["client_s"] for u in uses]),
+        "preview": latency_summary([u["preview_s"] for u in uses]),
+        "append": latency_summary([u["append_s"] for u in uses]),
+        "decision": latency_summary([u["decision_s"] for u in uses]),
+        "client_sign_seal": latency_summary([u["client_s"] for u in uses]),
         # CPU time of this process: excludes waiting for a CPU on the shared VM,
         # and (PostgreSQL) the server's own work
-        "preview_cpu": summary([u["preview_cpu_s"] for u in uses]),
-        "append_cpu": summary([u["append_cpu_s"] for u in uses]),
-        "decision_cpu": summary([u["decision_cpu_s"] for u in uses]),
+        "preview_cpu": latency_summary([u["preview_cpu_s"] for u in uses]),
+        "append_cpu": latency_summary([u["append_cpu_s"] for u in uses]),
+        "decision_cpu": latency_summary([u["decision_cpu_s"] for u in uses]),
         "permitted_share": sum(u["permitted"] for u in uses) / requested,
         "preview_cache_hit_share": sum(u["preview_cache_hits"] for u in uses) / requested,
         "append_cache_hit_share": sum(u["append_cache_hits"] for u in uses) / requested,
