@@ -236,11 +236,10 @@ class DbSource:
         return self.reader.latest_checkpoint_cosigned()
 
     def checkpoints(self, after: int, upto: int) -> Iterator[str]:
-        for size, note in self.reader.iter_checkpoints():
-            if after < size <= upto:
-                yield note
+        for size, note in self.reader.iter_checkpoints(after=after):
             if size > upto:
                 return
+            yield note
 
     def records(self, start: int, end: int) -> Iterator[RecordItem]:
         for item in self.reader.iter_records(start=start):

@@ -429,8 +429,6 @@ def verify_bundle(
         pending = sorted(
             (note_size(n), n) for n in notes if manifest.first < note_size(n) <= manifest.end
         )
-        if manifest.first == 0 and notes and note_size(notes[0]) == 0:
-            stream.check_checkpoint(notes[0])
         cursor = 0
         for row in bundle.lines(RECORDS):
             seq = row.get("seq")

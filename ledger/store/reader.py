@@ -260,9 +260,8 @@ class LedgerReader:
                 return
             after = int(rows[-1].seq)
 
-    def iter_checkpoints(self, *, page: int = PAGE) -> Iterator[tuple[int, str]]:
-        """``(size column, note)`` in ascending size."""
-        after = -1
+    def iter_checkpoints(self, *, after: int = -1, page: int = PAGE) -> Iterator[tuple[int, str]]:
+        """``(size column, note)`` in ascending size, from sizes above ``after``."""
         while True:
             with self.engine.connect() as conn:
                 rows = conn.execute(
