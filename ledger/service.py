@@ -23,6 +23,7 @@ from ledger.core.errors import (
 )
 from ledger.core.merkle import EMPTY_ROOT
 from ledger.core.note import Signer
+from ledger.core.sealing import MASTER_KEY_ENV, MasterKey, load_master_key
 from ledger.core.statement import (
     SignedStatement,
     Statement,
@@ -36,10 +37,16 @@ from ledger.domain import prescriptions, settlement
 from ledger.domain.registry import get_actor, key_valid_at
 from ledger.domain.state import State
 from ledger.store import migrate
-from ledger.store.db import home_dir, make_engine
+from ledger.store.db import (
+    configured_master_key,
+    default_master_key_file,
+    home_dir,
+    make_engine,
+)
 from ledger.store.reader import LedgerReader, ProjectionReader
 from ledger.store.schema import checkpoints, ledger_meta, log_head
 from ledger.store.sequencer import Receipt, Sequencer, Submission
+from ledger.store.vault import Vault
 
 DEFAULT_ORIGIN = "rxledger.local/log"
 LOG_KEY_FILE = "log.skey"
@@ -51,6 +58,17 @@ def default_log_key_file() -> Path:
     """``RXLEDGER_LOG_KEY_FILE``, else ``RXLEDGER_HOME/keys/log.skey``."""
     configured = os.environ.get("RXLEDGER_LOG_KEY_FILE")
     return Path(configured) if configured else home_dir() / "keys" / LOG_KEY_FILE
+
+
+def ensure_master_key(key_dir: Path) -> tuple[MasterKey, Path | None]:
+    """The master key, made and written (0600) when none is configured; returns
+    the key and the file it was written to (``None`` when it already existed)."""
+    path = default_master_key_file(key_dir)
+    if not os.environ.get(MASTER_KEY_ENV, "").strip() and not path.exists():
+        key = MasterKey.generate()
+        write_key_file(path, key.encoded())
+        return key, path
+    return load_master_key(path), None
 
 
 def write_key_file(path: Path, skey: str) -> None:
@@ -122,6 +140,7 @@ def init_ledger(
                     f"{path} exists but the database holds no ledger: refusing to reuse or "
                     "overwrite a key; move it away or pass another --key-dir"
                 )
+        sealing_key, _ = ensure_master_key(key_dir)
         log_signer = Signer.generate(origin)
         registrar = Signer.generate(REGISTRAR_ID)
         write_key_file(log_path, log_signer.skey)
@@ -142,7 +161,7 @@ def init_ledger(
                 insert(log_head).values(id=1, size=0, head_hash=bytes(32), root_hash=EMPTY_ROOT)
             )
             conn.execute(insert(checkpoints).values(size=0, note=empty))
-        ledger = Ledger(engine, log_signer)
+        ledger = Ledger(engine, log_signer, master_key=sealing_key)
         genesis = make_statement(
             registrar,
             "actor.register",
@@ -225,9 +244,13 @@ class Ledger:
         log_signer: Signer,
         *,
         settlement: SettlementAgent | None = None,
+        master_key: MasterKey | None = None,
     ) -> None:
+        """``master_key`` defaults to the configured one (:func:`configured_master_key`);
+        without one, or with another ledger's, this raises :class:`MasterKeyError`."""
         self.engine = engine
-        self.reader = LedgerReader(engine)
+        self.vault = Vault(master_key or configured_master_key())
+        self.reader = LedgerReader(engine, vault=self.vault)
         meta = self.reader.meta()
         if log_signer.vkey != meta["log_vkey"]:
             raise ConflictError(
@@ -238,8 +261,14 @@ class Ledger:
         self.log_vkey = meta["log_vkey"]
         self.registrar_vkey = meta["registrar_vkey"]
         self.settlement = settlement or SettlementAgent()
+        with engine.begin() as conn:
+            self.vault.bind(conn)
         self.sequencer = Sequencer(
-            engine, log_signer=log_signer, origin=self.origin, followup=self.settlement
+            engine,
+            log_signer=log_signer,
+            origin=self.origin,
+            vault=self.vault,
+            followup=self.settlement,
         )
 
     @classmethod

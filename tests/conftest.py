@@ -21,8 +21,15 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from ledger.core.note import Signer
+from ledger.core.sealing import MasterKey
 from ledger.service import Ledger, init_ledger, read_key_file
 from ledger.store.db import normalize_url
+
+# Every ledger the tests make seals its payloads with this session's master key;
+# child processes (servers, CLIs) inherit it. Tests of a missing or wrong key
+# remove or replace it in their own environment.
+os.environ["RXLEDGER_MASTER_KEY"] = MasterKey.generate().encoded()
+os.environ.pop("RXLEDGER_MASTER_KEY_FILE", None)
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 POSTGRES_URL = os.environ.get("RXLEDGER_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)

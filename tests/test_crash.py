@@ -38,8 +38,9 @@ from ledger.core.note import Signer
 from ledger.core.statement import SignedStatement, make_statement
 from ledger.service import LOG_KEY_FILE
 from ledger.store.audit import verify_database
-from ledger.store.db import make_engine
+from ledger.store.db import configured_master_key, make_engine
 from ledger.store.reader import LedgerReader
+from ledger.store.vault import Vault
 from tests.conftest import LedgerEnv, make_ledger_env
 from tests.helpers import register
 
@@ -229,7 +230,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_record(
     server.start()  # on the same database
     engine = make_engine(env.url)
     try:
-        reader = LedgerReader(engine)
+        reader = LedgerReader(engine, vault=Vault(configured_master_key()))
         size_after_restart = reader.head().size
 
         # Every acknowledged record is there, unchanged, with its payload.

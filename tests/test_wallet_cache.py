@@ -36,7 +36,9 @@ from ledger.domain.state import MemoryState
 from ledger.service import Ledger
 from ledger.store.audit import replayed_projections, verify_database
 from ledger.store.consents import ConsentCache, consent_cache
+from ledger.store.db import configured_master_key
 from ledger.store.reader import LedgerReader, ProjectionReader
+from ledger.store.vault import Vault
 from ledger.wallet_service import preview_use, released
 from tests.conftest import BACKENDS
 from tests.wallet_world import DS, GRU, HMB, NCU, NPU, POA, PUB, TS, WalletWorld, duo
@@ -155,7 +157,7 @@ def test_only_consent_statements_change_consents_and_only_their_patients(
     w.revoke(patients[0], first)
     use = w.use("uni", patients)
     w.proceeds("uni", use["use_id"], 1000)
-    reader = LedgerReader(w.engine)
+    reader = LedgerReader(w.engine, vault=Vault(configured_master_key()))
     state = MemoryState(keep_pending=False)
     seen: set[str] = set()
     for item in reader.iter_records():
@@ -169,7 +171,13 @@ def test_only_consent_statements_change_consents_and_only_their_patients(
             assert not written, statement.type
         seen.add(statement.type)
         state.apply(effects)
-    assert {*wallet.CONSENT_TYPES, "data.use", "data.proceeds"} <= seen
+    assert {
+        "consent.grant",
+        "consent.narrow",
+        "consent.revoke",
+        "data.use",
+        "data.proceeds",
+    } <= seen
 
 
 # --- the cache never serves a changed consent ---------------------------------------------

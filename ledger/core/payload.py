@@ -17,6 +17,26 @@ from typing import Any
 from ledger.core.canonical import canonicalize
 
 
+class _Erased:
+    """A record's payload was shredded (erasure or retention): what a replay gets
+    instead of its bytes (``ledger.domain.privacy``)."""
+
+    _instance: _Erased | None = None
+
+    def __new__(cls) -> _Erased:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "ERASED"
+
+
+ERASED = _Erased()
+#: what the rules and the replay get for a record's payload
+Payload = bytes | None | _Erased
+
+
 def payload_digest(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 

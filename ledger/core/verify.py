@@ -45,6 +45,7 @@ from ledger.core.errors import (
     VerificationError,
 )
 from ledger.core.note import Verifier
+from ledger.core.payload import ERASED, Payload
 from ledger.core.record import GENESIS_PREV, Record, leaf_hash
 from ledger.core.statement import MAX_CLOCK_SKEW, Statement, parse_time, verifier_for
 
@@ -52,7 +53,7 @@ HEAD_EXTENSION = "rxledger-head "
 
 #: called with (seq, statement, payload or None) for every record; raises
 #: RecordError to refuse it
-Replay = Callable[[int, Statement, bytes | None], None]
+Replay = Callable[[int, Statement, Payload], None]
 
 
 def head_extension(head_hash: bytes) -> str:
@@ -89,6 +90,9 @@ class RecordItem:
     #: the source's own copies of record fields (e.g. database columns), checked
     #: by the source's ``on_record`` hook against the parsed record
     columns: Mapping[str, Any] | None = None
+    #: the source held this record's payload, but it was shredded (erasure or
+    #: retention): the replay gets ``ERASED`` instead of bytes
+    payload_erased: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,10 @@ class VerifyResult:
     head: bytes
     checkpoints_verified: int
     seconds: float
+    #: which rules the replay ran: ``all``, or ``signers`` (payloads unreadable)
+    rules: str = "all"
+    #: records whose payload was shredded: their clinical checks were not re-run
+    shredded: int = 0
 
     @property
     def rate(self) -> float:
@@ -232,7 +240,7 @@ class StreamVerifier:
             )
         self._check_payload(seq, statement, item)
         if self.replay is not None:
-            self.replay(seq, statement, item.payload)
+            self.replay(seq, statement, ERASED if item.payload_erased else item.payload)
         data = item.record_bytes
         if self.on_node is None:
             self._tree.append_fast(leaf_hash(data))

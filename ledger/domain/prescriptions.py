@@ -29,6 +29,7 @@ from typing import Any
 from ledger.core.errors import RejectionError
 from ledger.core.statement import Statement
 from ledger.domain import fields as f
+from ledger.domain import privacy
 from ledger.domain.registry import CONTROLLED_CLASSES, get_actor
 from ledger.domain.state import Document, Effect, Put, State
 
@@ -86,6 +87,26 @@ def decide_issue(
     fills_allowed = f.int_field(body, "fills_allowed", "body", minimum=1, maximum=MAX_FILLS)
     if valid_until <= statement.issued_at:
         raise f.malformed("body.valid_until", "must be after issued_at")
+    privacy.refuse_if_erased(state, patient)
+    if payload is privacy.ERASED:  # replay of a shredded payload: what the body says
+        if state.get(RX, rx_id) is not None:
+            raise RejectionError("rx-exists", f"prescription {rx_id!r} already exists")
+        skeleton: Document = {
+            "rx_id": rx_id,
+            "patient": patient,
+            "prescriber": statement.actor,
+            "issued_at": statement.issued_at,
+            "issued_seq": seq,
+            "valid_until": valid_until,
+            "fills_allowed": fills_allowed,
+            "fills_done": 0,
+            "controlled_class": None,
+            "items": None,
+            "status": "active",
+            "history": [seq],
+            "inputs_erased": True,
+        }
+        return [rx_put(skeleton, seq), privacy.index_rx(state, patient, rx_id, seq)]
     clinical = require_payload(payload, statement)
     f.only(clinical, {"salt", "items", "diagnosis_codes", "controlled_class", "notes"}, "payload")
     items = []
@@ -138,7 +159,7 @@ def decide_issue(
         "status": "active",
         "history": [seq],
     }
-    return [rx_put(rx, seq)]
+    return [rx_put(rx, seq), privacy.index_rx(state, patient, rx_id, seq)]
 
 
 def active_rx(state: State, rx_id: str, at: str) -> Document:
@@ -151,6 +172,7 @@ def active_rx(state: State, rx_id: str, at: str) -> Document:
             "rx-not-yet-issued",
             f"prescription {rx_id!r} was issued at {rx['issued_at']}, after this statement ({at})",
         )
+    privacy.refuse_if_erased(state, rx["patient"])
     status = rx["status"]
     if status != "active":
         raise RejectionError(f"rx-{status}", f"prescription {rx_id!r} is {status}")
@@ -174,6 +196,10 @@ def decide_dispense(state: State, statement: Statement, payload: Any, *, seq: in
         found = get_actor(state, insurer)
         if found is None or found["role"] != "insurer":
             raise RejectionError("unknown-insurer", f"{insurer!r} is not a registered insurer")
+    if payload is privacy.ERASED:
+        return _dispense_erased(
+            state, statement, rx_id=rx_id, fill=fill, claimed=claimed, insurer=insurer, seq=seq
+        )
     clinical = require_payload(payload, statement)
     f.only(clinical, {"salt", "items"}, "payload")
     # A prescription whose last fill is done is ``completed``: active_rx refuses it.
@@ -181,6 +207,11 @@ def decide_dispense(state: State, statement: Statement, payload: Any, *, seq: in
     if fill != rx["fills_done"] + 1:
         raise RejectionError(
             "fill-out-of-order", f"fill_number: expected {rx['fills_done'] + 1}, got {fill}"
+        )
+    if rx.get("inputs_erased"):
+        raise RejectionError(
+            "inputs-erased",
+            f"prescription {rx_id!r}'s payload was shredded; its dispense's was not",
         )
     effects: list[Effect] = []
     lines = []
@@ -284,6 +315,53 @@ def decide_dispense(state: State, statement: Statement, payload: Any, *, seq: in
     )
     effects.extend(Put(TRACE, code, doc, seq=seq) for code, doc in sorted(traces.items()))
     return effects
+
+
+def _dispense_erased(
+    state: State,
+    statement: Statement,
+    *,
+    rx_id: str,
+    fill: int,
+    claimed: bool,
+    insurer: str | None,
+    seq: int,
+) -> list[Effect]:
+    """Replay of a dispense whose payload was shredded: the checks its body allows."""
+    rx = active_rx(state, rx_id, statement.issued_at)
+    if fill != rx["fills_done"] + 1:
+        raise RejectionError(
+            "fill-out-of-order", f"fill_number: expected {rx['fills_done'] + 1}, got {fill}"
+        )
+    rx["fills_done"] = fill
+    rx["history"] = [*rx["history"], seq]
+    if rx["fills_done"] >= rx["fills_allowed"]:
+        rx["status"] = "completed"
+    dispense: Document = {
+        "rx_id": rx_id,
+        "fill_number": fill,
+        "pharmacy": statement.actor,
+        "patient": rx["patient"],
+        "prescriber": rx["prescriber"],
+        "dispensed_at": statement.issued_at,
+        "seq": seq,
+        "claimed": claimed,
+        "insurer": insurer,
+        "items": None,
+        "inputs_erased": True,
+    }
+    return [
+        rx_put(rx, seq),
+        Put(
+            DISPENSE,
+            dispense_key(rx_id, fill),
+            dispense,
+            patient=rx["patient"],
+            party=statement.actor,
+            status="claimed" if claimed else "unclaimed",
+            seq=seq,
+        ),
+    ]
 
 
 def decide_end(state: State, statement: Statement, *, seq: int) -> list[Effect]:

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any, Self
 
 from ledger.core.errors import EncodingError, RecordError, RejectionError
+from ledger.core.payload import Payload
 from ledger.core.statement import Statement
 from ledger.domain.rules import decide, decide_signer
 from ledger.domain.state import Effect, MemoryState, State
@@ -40,11 +41,11 @@ class _Replay:
         self.state = MemoryState(keep_pending=False, keep_puts=keep_puts)
 
     def _decide(
-        self, state: State, statement: Statement, seq: int, payload: bytes | None
+        self, state: State, statement: Statement, seq: int, payload: Payload
     ) -> list[Effect]:
         raise NotImplementedError
 
-    def __call__(self, seq: int, statement: Statement, payload: bytes | None = None) -> None:
+    def __call__(self, seq: int, statement: Statement, payload: Payload = None) -> None:
         if seq == 0 and self.registrar_key is not None and statement.key != self.registrar_key:
             raise RecordError(
                 f"genesis: expected the registrar key {self.registrar_key}, found {statement.key}",
@@ -90,7 +91,7 @@ class Replayer(_Replay):
     """Replays records through every domain rule; call it with ``(seq, statement, payload)``."""
 
     def _decide(
-        self, state: State, statement: Statement, seq: int, payload: bytes | None
+        self, state: State, statement: Statement, seq: int, payload: Payload
     ) -> list[Effect]:
         return decide(state, statement, seq=seq, payload=payload)
 
@@ -108,6 +109,6 @@ class SignerReplayer(_Replay):
     checks = "the signer checks"
 
     def _decide(
-        self, state: State, statement: Statement, seq: int, payload: bytes | None
+        self, state: State, statement: Statement, seq: int, payload: Payload
     ) -> list[Effect]:
         return decide_signer(state, statement, seq=seq)

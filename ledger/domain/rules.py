@@ -13,7 +13,8 @@ from typing import Any
 from ledger.core.canonical import parse_json
 from ledger.core.errors import EncodingError, RejectionError
 from ledger.core.statement import Statement, instant
-from ledger.domain import attest, prescriptions, registry, settlement, wallet
+from ledger.domain import attest, prescriptions, privacy, registry, settlement, wallet
+from ledger.domain.privacy import ERASED, Payload
 from ledger.domain.state import ROLES, Effect, State
 
 #: statement type -> roles that may make it
@@ -37,6 +38,13 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "consent.revoke": frozenset({"patient"}),
     "data.use": frozenset({"data_user"}),
     "data.proceeds": frozenset({"data_user"}),
+    "erasure.request": frozenset({"patient"}),
+    "erasure.execute": frozenset({registry.REGISTRAR}),
+    "retention.shred": frozenset({registry.REGISTRAR}),
+    "hold.place": frozenset({registry.REGISTRAR, "auditor"}),
+    "hold.release": frozenset({registry.REGISTRAR, "auditor"}),
+    "audit.grant": frozenset({registry.REGISTRAR}),
+    "audit.revoke": frozenset({registry.REGISTRAR}),
 }
 
 #: the statements that make the actor registry (who holds which key, in which role)
@@ -46,9 +54,9 @@ REGISTRY_TYPES = frozenset({"actor.register", "actor.add_key", "actor.rotate_key
 PAYLOAD_TYPES = frozenset({"rx.issue", "rx.dispense", "data.use"})
 
 
-def parse_payload(payload: bytes | None) -> Any:
-    if payload is None:
-        return None
+def parse_payload(payload: Payload) -> Any:
+    if payload is None or not isinstance(payload, bytes):
+        return payload  # nothing, or ERASED
     try:
         return parse_json(payload)
     except EncodingError as e:
@@ -87,9 +95,12 @@ def decide_signer(state: State, statement: Statement, *, seq: int) -> list[Effec
 
 
 def decide(
-    state: State, statement: Statement, *, seq: int, payload: bytes | None = None
+    state: State, statement: Statement, *, seq: int, payload: Payload = None
 ) -> list[Effect]:
     """Effects of ``statement`` as record ``seq``, or raise :class:`RejectionError`.
+
+    ``payload`` is :data:`~ledger.domain.privacy.ERASED` in a replay of a
+    record whose payload was shredded (``ledger.domain.privacy``).
 
     The rules see ``issued_at`` normalized (:func:`instant`), as every time
     they store, so that comparing times as strings is comparing instants.
@@ -115,6 +126,8 @@ def decide(
         if kind == "rx.issue":
             return prescriptions.decide_issue(state, statement, actor, clinical, seq=seq)
         if kind == "data.use":
+            if clinical is ERASED:  # never: a use's cohort belongs to no patient
+                raise RejectionError("inputs-erased", "a data use's payload is never shredded")
             return wallet.decide_use(state, statement, actor, clinical, seq=seq)
         return prescriptions.decide_dispense(state, statement, clinical, seq=seq)
     if kind in ("rx.cancel", "rx.reject"):
@@ -137,6 +150,16 @@ def decide(
         return wallet.decide_revoke(state, statement, seq=seq)
     if kind == "data.proceeds":
         return wallet.decide_proceeds(state, statement, seq=seq)
+    if kind == "erasure.request":
+        return privacy.decide_request(state, statement, seq=seq)
+    if kind == "erasure.execute":
+        return privacy.decide_execute(state, statement, seq=seq)
+    if kind == "retention.shred":
+        return privacy.decide_shred(state, statement, seq=seq)
+    if kind in ("hold.place", "hold.release"):
+        return privacy.decide_hold(state, statement, seq=seq)
+    if kind in ("audit.grant", "audit.revoke"):
+        return privacy.decide_grant(state, statement, seq=seq)
     if kind == "doc.attest":
         return attest.decide_attest(state, statement)
     raise RejectionError("unknown-type", f"statement type {kind!r} is not known")

@@ -33,6 +33,7 @@ from typing import Any
 from ledger.core.errors import RejectionError
 from ledger.core.statement import Statement
 from ledger.domain import fields as f
+from ledger.domain import privacy
 from ledger.domain.prescriptions import DISPENSE, RX, TRACE, dispense_key
 from ledger.domain.registry import get_actor, key_valid_at
 from ledger.domain.state import Document, Effect, Put, State
@@ -168,6 +169,9 @@ def decide_claim(state: State, statement: Statement, *, seq: int) -> list[Effect
     dispense = state.get(DISPENSE, dispense_key(rx_id, fill))
     if dispense is None:
         raise RejectionError("unknown-dispense", f"no fill {fill} of prescription {rx_id!r}")
+    privacy.refuse_if_erased(state, dispense["patient"])
+    if dispense.get("erased_seq") is not None:
+        raise RejectionError("rx-erased", f"fill {fill} of {rx_id!r} was shredded")
     if dispense["pharmacy"] != statement.actor:
         raise RejectionError(
             "not-your-dispense",
@@ -352,6 +356,35 @@ def evaluate(state: State, claim: Document) -> dict[str, Any]:
     }
 
 
+def _decision_as_recorded(claim: Document, body: dict[str, Any], *, seq: int) -> list[Effect]:
+    """Replay of a decision whose dispense's payload was shredded: the decision
+    cannot be evaluated again, so it is taken as recorded (its record is still
+    signed, chained and in the tree); see ``docs/privacy.md``."""
+    outcome = f.str_field(body, "outcome", "body", max_len=32)
+    if (
+        outcome not in ("approved", "partially-approved", "rejected")
+        or body.get("claim_id") != claim["claim_id"]
+    ):
+        raise f.malformed("body", "not a settlement decision")
+    claim["status"] = outcome
+    claim["decision"] = {**body, "seq": seq}
+    failed = sorted(
+        {r["code"] for r in body.get("rules", []) if isinstance(r, dict) and r.get("code")}
+    )
+    return [
+        Put(
+            CLAIM,
+            claim["claim_id"],
+            claim,
+            patient=claim["patient"],
+            party=claim["insurer"],
+            status=outcome,
+            tags=" ".join(failed) or None,
+            seq=seq,
+        )
+    ]
+
+
 def _paid_before(state: State, claim: Document) -> bool:
     for other_id in claim["earlier_claims"]:
         other = state.get(CLAIM, other_id)
@@ -398,6 +431,13 @@ def decide_decision(state: State, statement: Statement, *, seq: int) -> list[Eff
         )
     if claim["status"] != "pending":
         raise RejectionError("already-decided", f"claim {claim_id!r} was decided already")
+    dispense = state.peek(DISPENSE, dispense_key(claim["rx_id"], claim["fill_number"]))
+    assert dispense is not None
+    privacy.refuse_if_erased(state, claim["patient"])
+    if dispense.get("erased_seq") is not None:
+        raise RejectionError("rx-erased", f"the dispense of claim {claim_id!r} was shredded")
+    if dispense.get("inputs_erased"):
+        return _decision_as_recorded(claim, body, seq=seq)
     expected = evaluate(state, claim)
     if body != expected:
         differing = sorted(k for k in set(body) | set(expected) if body.get(k) != expected.get(k))

@@ -54,6 +54,8 @@ class Put:
     #: the document is new under a key that cannot exist yet (a fresh use's
     #: members, a new payment): the store may insert it without looking
     fresh: bool = False
+    #: remove the document instead (``value`` is ignored): an erasure's effects
+    delete: bool = False
 
 
 Effect = Put
@@ -152,7 +154,7 @@ class MemoryState:
         """Apply the effects of one accepted statement and count its record."""
         for effect in effects:
             address = (effect.kind, effect.key)
-            self.data[address] = effect.value
+            self.data[address] = None if effect.delete else effect.value
             if self.keep_pending:
                 self.pending.append(effect)
             if self.keep_puts:

@@ -49,6 +49,7 @@ from ledger.core.cohort import cohort_root
 from ledger.core.errors import RejectionError
 from ledger.core.statement import Statement
 from ledger.domain import fields as f
+from ledger.domain import privacy
 from ledger.domain.registry import get_actor
 from ledger.domain.state import Document, Effect, Put, State
 
@@ -63,7 +64,7 @@ MAX_COHORT = 100_000
 CONSENTS = "consents"  # per patient: every consent the patient gave
 #: the only statements that change a CONSENTS document: the one of the patient in
 #: their body (:func:`consents_key`); ``ledger.store.consents`` relies on it
-CONSENT_TYPES = ("consent.grant", "consent.narrow", "consent.revoke")
+CONSENT_TYPES = ("consent.grant", "consent.narrow", "consent.revoke", "erasure.execute")
 USE = "data-use"
 MEMBER = "use-member"  # one per permitted patient of a use: the patient's use log
 MEMBERS = "use-members"  # per use: the permitted patients and their weights
@@ -259,7 +260,9 @@ def use_matcher(
 
 
 def _owner(state: State, statement: Statement, patient: str) -> None:
-    """The signer must be the patient, or a guardian registered for them."""
+    """The signer must be the patient, or a guardian registered for them; and the
+    patient must not have been erased."""
+    privacy.refuse_if_erased(state, patient)
     if statement.actor == patient:
         return
     signer = get_actor(state, statement.actor)
@@ -459,6 +462,19 @@ def decide_revoke(state: State, statement: Statement, *, seq: int) -> list[Effec
         consent if c["consent_id"] == consent["consent_id"] else c for c in doc["consents"]
     ]
     return [_consents_put(doc, seq)]
+
+
+def revoke_all(state: State, patient: str, *, at: str, seq: int) -> list[Effect]:
+    """Every consent of ``patient`` still standing revoked at ``at`` (an erasure)."""
+    doc = state.get(CONSENTS, patient)
+    if doc is None:
+        return []
+    changed = False
+    for consent in doc["consents"]:
+        if consent["revoked_at"] is None:
+            consent.update(revoked_at=at, revoked_seq=seq, history=[*consent["history"], seq])
+            changed = True
+    return [_consents_put(doc, seq)] if changed else []
 
 
 def evaluate_use(

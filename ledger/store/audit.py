@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from sqlalchemy import Engine, delete, insert
 
@@ -29,14 +30,17 @@ from ledger.core.errors import (
     VerificationError,
 )
 from ledger.core.note import Verifier
+from ledger.core.payload import ERASED
 from ledger.core.record import Record
+from ledger.core.sealing import MasterKey, MasterKeyError
 from ledger.core.verify import RecordItem, VerifyResult, verify_log
-from ledger.domain.replay import Replayer
-from ledger.store.db import WRITE
+from ledger.domain.replay import Replayer, SignerReplayer
+from ledger.store.db import WRITE, configured_master_key
 from ledger.store.reader import LedgerReader
 from ledger.store.schema import projections
 from ledger.store.sequencer import lock_head
 from ledger.store.state import encode
+from ledger.store.vault import MASTER_KEY_META, Vault
 
 Progress = Callable[[int], None]
 
@@ -127,20 +131,41 @@ def verify_database(
     log_key: str | None = None,
     registrar_key: str | None = None,
     on_progress: Progress | None = None,
+    master_key: MasterKey | None = None,
 ) -> VerifyResult:
     """Verify the whole log in ``engine``. Trust anchors default to the stored ones.
 
     Pass ``log_key`` / ``registrar_key`` (vkey strings) to pin them: an
     auditor should, since whoever can write the database can write its
     metadata too.
+
+    The flow rules read the sealed payloads, so they are replayed with the
+    master key (``master_key``, else the configured one). Without any, every
+    other check still runs and the replay checks signers only
+    (``result.rules == "signers"``). Records whose payload was shredded are
+    counted in ``result.shredded`` (``docs/privacy.md``).
     """
-    reader = LedgerReader(engine)
+    if master_key is None:
+        try:
+            master_key = configured_master_key()
+        except MasterKeyError:
+            master_key = None
+    vault = Vault(master_key) if master_key is not None else None
+    reader = LedgerReader(engine, vault=vault)
     meta = reader.meta()
+    if vault is not None and meta.get(MASTER_KEY_META, vault.master.key_id) != vault.master.key_id:
+        raise MasterKeyError(
+            f"the master key (id {vault.master.key_id}) is not this ledger's "
+            f"(id {meta[MASTER_KEY_META]})"
+        )
+    shredded = 0
     verifier = Verifier.from_vkey(log_key or meta["log_vkey"])
     nodes = _NodeChecker(reader)
 
     def on_record(record: Record, item: RecordItem) -> None:
+        nonlocal shredded
         _check_columns(record, item)
+        shredded += item.payload_erased
         if on_progress is not None:
             on_progress(record.seq + 1)
 
@@ -149,7 +174,9 @@ def verify_database(
         _checked_notes(reader),
         log_key=verifier,
         origin=meta["origin"],
-        replay=Replayer(registrar_key=registrar_key or meta["registrar_vkey"]),
+        replay=(Replayer if vault is not None else SignerReplayer)(
+            registrar_key=registrar_key or meta["registrar_vkey"]
+        ),
         on_record=on_record,
         on_node=nodes,
     )
@@ -166,22 +193,26 @@ def verify_database(
             f"{result.root.hex()}; found size {head.size}, head {head.head_hash.hex()}, "
             f"root {head.root_hash.hex()}"
         )
-    return result
+    return replace(result, rules="all" if vault is not None else "signers", shredded=shredded)
 
 
 Row = tuple[str, str, str, str | None, str | None, str | None, str | None, int]
 
 
-def replayed_projections(engine: Engine, *, registrar_key: str | None = None) -> list[Row]:
-    """The projection rows that replaying every record from scratch gives."""
-    reader = LedgerReader(engine)
+def replayed_projections(
+    engine: Engine, *, registrar_key: str | None = None, master_key: MasterKey | None = None
+) -> list[Row]:
+    """The projection rows that replaying every record from scratch gives
+    (with the master key: the configured one by default)."""
+    reader = LedgerReader(engine, vault=Vault(master_key or configured_master_key()))
     replayer = Replayer(registrar_key=registrar_key, keep_puts=True)
     for item in reader.iter_records():
         record = Record.from_bytes(item.record_bytes)
-        replayer(record.seq, record.statement(), item.payload)
+        replayer(record.seq, record.statement(), ERASED if item.payload_erased else item.payload)
     rows = [
         (p.kind, p.key, encode(p.value), p.patient, p.party, p.status, p.tags, p.seq)
         for p in replayer.state.puts.values()
+        if not p.delete
     ]
     return sorted(rows)
 

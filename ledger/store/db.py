@@ -21,12 +21,33 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import NullPool
 
+from ledger.core.sealing import (
+    MASTER_KEY_FILE,
+    MASTER_KEY_FILE_ENV,
+    MasterKey,
+    load_master_key,
+)
+
 WRITE = "rxledger_write"
 
 
 def home_dir() -> Path:
     """Where the ledger keeps its files unless told otherwise."""
     return Path(os.environ.get("RXLEDGER_HOME") or user_data_dir("rxledger", appauthor=False))
+
+
+def default_master_key_file(key_dir: Path | None = None) -> Path:
+    """``RXLEDGER_MASTER_KEY_FILE``, else ``master.key`` in the key directory."""
+    configured = os.environ.get(MASTER_KEY_FILE_ENV)
+    if configured:
+        return Path(configured)
+    return (key_dir or home_dir() / "keys") / MASTER_KEY_FILE
+
+
+def configured_master_key(key_dir: Path | None = None) -> MasterKey:
+    """The operator's master key (``RXLEDGER_MASTER_KEY``, or its file); raises
+    :class:`~ledger.core.sealing.MasterKeyError` saying how to provide it."""
+    return load_master_key(default_master_key_file(key_dir))
 
 
 def default_database_url() -> str:

@@ -15,8 +15,9 @@ from sqlalchemy import Connection, Engine, func, inspect, select
 
 from ledger.core import merkle, tiles
 from ledger.core.cosignature import add_cosignatures
-from ledger.core.errors import NotFoundError, NotInitializedError, RangeError
+from ledger.core.errors import NotFoundError, NotInitializedError, PayloadError, RangeError
 from ledger.core.record import Record
+from ledger.core.sealing import SealError
 from ledger.core.verify import RecordItem
 from ledger.store.schema import (
     checkpoints,
@@ -29,6 +30,7 @@ from ledger.store.schema import (
     records,
 )
 from ledger.store.sequencer import Receipt, fetch_nodes
+from ledger.store.vault import Vault
 
 PAGE = 1000
 #: node and record indices are stored as signed 64-bit integers
@@ -45,8 +47,11 @@ class Head:
 class LedgerReader:
     """Read-only access to one log."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, vault: Vault | None = None) -> None:
+        """With ``vault``, :meth:`iter_records` and :meth:`payload` open the
+        sealed payloads; without it they yield none (digests only)."""
         self.engine = engine
+        self.vault = vault
         self._has_cosignatures = False
 
     def meta(self) -> dict[str, str]:
@@ -156,9 +161,15 @@ class LedgerReader:
         return [Record.from_bytes(bytes(r.record_bytes), expected_seq=int(r.seq)) for r in rows]
 
     def payload(self, seq: int) -> bytes | None:
-        with self.engine.connect() as conn:
-            data = conn.execute(select(payloads.c.content).where(payloads.c.seq == seq)).scalar()
-        return None if data is None else bytes(data)
+        """The opened payload of record ``seq``; ``None`` when it has none or it
+        was shredded. The service's reads go through ``ledger.access``, which
+        checks who asks and logs the read; this is for the operator's own tools."""
+        if self.vault is None:
+            raise NotFoundError("payloads are sealed: reading one needs the master key")
+        try:
+            return self.vault.read(self.engine, seq)[1]
+        except SealError:
+            return None
 
     # -- proofs ------------------------------------------------------------------
 
@@ -238,6 +249,8 @@ class LedgerReader:
                 payloads.c.seq.label("payload_seq"),
                 payloads.c.digest,
                 payloads.c.content,
+                payloads.c.owner,
+                payloads.c.erased_seq,
             )
             .select_from(records.outerjoin(payloads, payloads.c.seq == records.c.seq))
             .order_by(records.c.seq)
@@ -247,18 +260,42 @@ class LedgerReader:
         while True:
             with self.engine.connect() as conn:
                 rows = conn.execute(query.where(records.c.seq > after)).all()
-            for row in rows:
+                opened = [self._opened(conn, row) for row in rows]
+            for row, plain in zip(rows, opened, strict=True):
+                if isinstance(plain, PayloadError):  # raised in order: earlier records first
+                    raise plain
                 yield RecordItem(
                     record_bytes=bytes(row.record_bytes),
-                    payload=None if row.content is None else bytes(row.content),
+                    payload=plain,
                     payload_digest=None if row.digest is None else bytes(row.digest),
                     has_payload_row=row.payload_seq is not None,
                     payloads_complete=True,
                     columns=_columns(row),
+                    payload_erased=row.payload_seq is not None and row.erased_seq is not None,
                 )
             if len(rows) < page:
                 return
             after = int(rows[-1].seq)
+
+    def _opened(self, conn: Connection, row: Any) -> bytes | PayloadError | None:
+        """The plaintext of a payload row, checked to be sealed or shredded as it says."""
+        if row.payload_seq is None:
+            return None
+        seq = int(row.seq)
+        if row.erased_seq is not None:
+            if row.content is not None:
+                return PayloadError(
+                    f"payload: shredded by record {row.erased_seq} but still stored", seq=seq
+                )
+            return None
+        if row.content is None or row.owner is None:
+            return PayloadError("payload: its content (or owner) is missing", seq=seq)
+        if self.vault is None:
+            return None
+        try:
+            return self.vault.open(conn, str(row.owner), seq, bytes(row.digest), bytes(row.content))
+        except SealError as e:
+            return PayloadError(f"payload: {e}", seq=seq)
 
     def iter_checkpoints(self, *, after: int = -1, page: int = PAGE) -> Iterator[tuple[int, str]]:
         """``(size column, note)`` in ascending size, from sizes above ``after``."""

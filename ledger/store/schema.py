@@ -71,7 +71,41 @@ payloads = Table(
     Column("seq", BigInteger, ForeignKey("records.seq"), primary_key=True, autoincrement=False),
     Column("digest", LargeBinary(32), nullable=False),
     Column("content", LargeBinary, nullable=True),
+    #: whose data key seals ``content`` (a patient's pseudonym, or ``ledger``)
+    Column("owner", String(128), nullable=True),
+    #: the record that shredded ``content`` (erasure or retention); then it is NULL
+    Column("erased_seq", BigInteger, nullable=True),
 )
+Index("ix_payloads_owner", payloads.c.owner, payloads.c.seq)
+
+#: each owner's data key, sealed by the master key (never stored here); a
+#: shredded key has ``wrapped`` NULL and the seq of the record that shredded it
+data_keys = Table(
+    "data_keys",
+    metadata,
+    Column("owner", String(128), primary_key=True),
+    Column("wrapped", LargeBinary, nullable=True),
+    Column("created_seq", BigInteger, nullable=False),
+    Column("erased_seq", BigInteger, nullable=True),
+)
+
+#: every read of a clinical payload and every pseudonym lookup, as a FHIR
+#: AuditEvent-like document (``event``); ``action`` is ``R`` (read) or ``E``
+#: (execute: a lookup); the patient's access log is the rows of ``patient``
+access_log = Table(
+    "access_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("recorded", String(32), nullable=False),
+    Column("action", String(1), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("patient", String(128), nullable=True),
+    Column("seq", BigInteger, nullable=True),
+    Column("basis", String(64), nullable=False),
+    Column("event", Text, nullable=False),
+)
+Index("ix_access_log_patient", access_log.c.patient, access_log.c.id)
 
 #: perfect-subtree hashes: (level, idx) covers leaves [idx << level, (idx + 1) << level)
 merkle_nodes = Table(

@@ -54,11 +54,13 @@ from ledger.core.statement import (
     verifier_for,
 )
 from ledger.core.verify import head_extension
+from ledger.domain import privacy
 from ledger.domain.rules import decide
 from ledger.domain.state import Document, MemoryState, Put, State
 from ledger.store.db import WRITE, is_sqlite
 from ledger.store.schema import checkpoints, log_head, merkle_nodes, payloads, records
 from ledger.store.state import DbState, OverlayState, bulk_insert, pairs_in, project
+from ledger.store.vault import Vault
 
 log = logging.getLogger("rxledger.sequencer")
 MAX_BATCH = 1000
@@ -144,11 +146,13 @@ class Sequencer:
         *,
         log_signer: Signer,
         origin: str,
+        vault: Vault,
         clock: Callable[[], datetime] = now,
         max_skew_seconds: float = MAX_CLOCK_SKEW.total_seconds(),
         followup: Followup | None = None,
     ) -> None:
         self.engine = engine
+        self.vault = vault
         self.followup = followup
         # SQLite's busy handler polls with back-off, which starves some writers;
         # writers of this process queue on a lock before BEGIN IMMEDIATE instead.
@@ -316,7 +320,7 @@ class Sequencer:
         with self._docs_lock:
             if cache is self._docs:
                 for put in puts:
-                    cache[(put.kind, put.key)] = put.value
+                    cache[(put.kind, put.key)] = None if put.delete else put.value
                 self._docs_size = size
 
     @staticmethod
@@ -428,11 +432,17 @@ class Sequencer:
                 }
             )
             if item.submission.payload is not None:
+                owner = privacy.payload_owner(state, statement)
+                payload_digest = hashlib.sha256(item.submission.payload).digest()
                 payload_rows.append(
                     {
                         "seq": seq,
-                        "digest": hashlib.sha256(item.submission.payload).digest(),
-                        "content": item.submission.payload,
+                        "digest": payload_digest,
+                        "content": self.vault.seal(
+                            conn, owner, seq, payload_digest, item.submission.payload
+                        ),
+                        "owner": owner,
+                        "erased_seq": None,
                     }
                 )
             for node, value in tree.append(hashlib.sha256(b"\x00" + data).digest()):
@@ -454,6 +464,13 @@ class Sequencer:
         bulk_insert(conn, payloads, payload_rows)
         bulk_insert(conn, merkle_nodes, new_nodes)
         project(conn, state.take_pending())
+        for offset, item in enumerate(accepted):
+            shredding = item.submission.signed.statement
+            if shredding.type in privacy.SHREDDING_TYPES:
+                shredded_owner, seqs = privacy.shredded_records(state, shredding)
+                if shredded_owner is not None:
+                    self.vault.shred_owner(conn, shredded_owner, head.size + offset)
+                self.vault.shred_records(conn, seqs, head.size + offset)
         conn.execute(insert(checkpoints).values(size=size, note=note))
         conn.execute(
             update(log_head)

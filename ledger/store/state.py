@@ -192,7 +192,7 @@ def project(connection: Connection, effects: Iterable[Put]) -> None:
         last[(put.kind, put.key)] = put
     if not last:
         return
-    addresses = [a for a, p in last.items() if not p.fresh]
+    addresses = [a for a, p in last.items() if not p.fresh or p.delete]
     for start in range(0, len(addresses), 500):
         chunk = addresses[start : start + 500]
         for condition in pairs_in(projections.c.kind, projections.c.key, chunk):
@@ -212,5 +212,6 @@ def project(connection: Connection, effects: Iterable[Put]) -> None:
                 "seq": p.seq,
             }
             for p in last.values()
+            if not p.delete
         ],
     )
