@@ -334,5 +334,10 @@ from cli.witness import witness  # noqa: E402
 
 main.add_command(witness)
 
+# The operator's erasure (cli/erasure.py).
+from cli.erasure import erasure  # noqa: E402
+
+main.add_command(erasure)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

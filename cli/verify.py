@@ -262,6 +262,8 @@ def _verify_db(
         "checkpoints_verified": result.checkpoints_verified,
         "seconds": round(result.seconds, 3),
         "records_per_second": round(result.rate, 1),
+        "rules": result.rules,
+        "payloads_shredded": result.shredded,
     }
     if witnesses:
         summary["witnesses"] = valid
@@ -270,6 +272,16 @@ def _verify_db(
         f"in {result.seconds:.2f}s ({result.rate:,.0f} records/s); root {result.root.hex()}"
         + _witness_text(valid, witnesses)
     )
+    if result.rules != "all":
+        text += (
+            "\nno master key: the payloads stay sealed, so the flow rules were checked for "
+            "signers only (docs/privacy.md)"
+        )
+    if result.shredded:
+        text += (
+            f"\n{result.shredded} records' payloads were shredded (erasure, retention): "
+            "checked by their public fields only (docs/privacy.md)"
+        )
     return summary, text
 
 

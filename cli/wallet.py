@@ -508,6 +508,26 @@ def revoke(
         )
 
 
+@wallet.command("erase")
+@_url_option
+@_key_option
+@_log_key_option
+@_patient_option
+@_json_option
+def erase(*, url: str, key_file: Path, log_key: str, patient: str | None, as_json: bool) -> None:
+    """Ask for your clinical data to be erased (erasure.request).
+
+    The operator then executes it (`rxledger erasure execute`): your data key
+    and every payload sealed with it are destroyed; the records stay, and
+    every consent of yours is revoked.
+    """
+    signer = _signer(key_file)
+    verifier = _verifier(log_key)
+    who = _patient(patient, signer)
+    receipt, statement = _submit(url, log_key, signer, "erasure.request", {"patient": who})
+    _print_receipt(f"erasure of {who} requested", receipt, statement, verifier.name, as_json)
+
+
 def _report_proof(
     proof: dict[str, Any], included: list[str], size: int, log: str, as_json: bool
 ) -> None:
