@@ -9,7 +9,7 @@ import httpx
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import flows, log, statements, tiles, wallet
+from api.routes import flows, log, payloads, statements, tiles, wallet
 from api.settings import Settings
 from ledger.service import Ledger
 from ledger.witnessing import WitnessSubmitter
@@ -71,5 +71,6 @@ def create_app(
     app.include_router(log.router)
     app.include_router(flows.router)
     app.include_router(wallet.router)
+    app.include_router(payloads.router)
     app.include_router(tiles.router)
     return app

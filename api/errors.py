@@ -55,6 +55,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "actor-exists": 409,
     "conflict": 409,
     "not-found": 404,
+    "payload-erased": 410,
     "busy": 503,
     "not-initialized": 503,
 }

@@ -321,6 +321,7 @@ def audit_claim(
 
 # The auditor's commands (cli/verify.py) and the patient's wallet (cli/wallet.py),
 # which fail with this module's Failure.
+from cli.operator import pseudonym  # noqa: E402
 from cli.verify import export, prove, verify  # noqa: E402
 from cli.wallet import wallet  # noqa: E402
 
@@ -328,6 +329,7 @@ main.add_command(verify)
 main.add_command(export)
 main.add_command(prove)
 main.add_command(wallet)
+main.add_command(pseudonym)
 
 # The witness commands (cli/witness.py), which fail with this module's Failure.
 from cli.witness import witness  # noqa: E402
