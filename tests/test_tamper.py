@@ -297,6 +297,32 @@ def _payload_content(conn: Connection, b: Built) -> None:
     )
 
 
+def _payload_owner(conn: Connection, b: Built) -> None:
+    # another owner: its data key does not open the payload, and the record says otherwise
+    conn.execute(
+        update(payloads).where(payloads.c.seq == b.payload_seq).values(owner="P-0000000000000000")
+    )
+
+
+def _payload_fake_shredding(conn: Connection, b: Built) -> None:
+    # a payload dropped and passed off as shredded by a later record that shreds nothing
+    conn.execute(
+        update(payloads)
+        .where(payloads.c.seq == b.payload_seq)
+        .values(content=None, erased_seq=b.later_plain_seq)
+    )
+
+
+def _payload_shredded_but_kept(conn: Connection, b: Built) -> None:
+    conn.execute(
+        update(payloads).where(payloads.c.seq == b.payload_seq).values(erased_seq=b.later_plain_seq)
+    )
+
+
+def _payload_content_dropped(conn: Connection, b: Built) -> None:
+    conn.execute(update(payloads).where(payloads.c.seq == b.payload_seq).values(content=None))
+
+
 def _payload_seq(conn: Connection, b: Built) -> None:
     # the payload row moves from its record to a later record that commits to none
     conn.execute(
@@ -521,6 +547,10 @@ CASES: list[tuple[str, Tamper, Expect]] = [
     ("payloads.digest flipped byte", _payload_digest, AtRecord(_with_payload)),
     ("payloads.content flipped byte", _payload_content, AtRecord(_with_payload)),
     ("payloads row deleted", _payload_deleted, AtRecord(_with_payload)),
+    ("payloads.owner changed", _payload_owner, AtRecord(_with_payload)),
+    ("payloads content dropped as if shredded", _payload_fake_shredding, AtRecord(_with_payload)),
+    ("payloads.erased_seq set, content kept", _payload_shredded_but_kept, AtRecord(_with_payload)),
+    ("payloads.content dropped", _payload_content_dropped, AtRecord(_with_payload)),
     # merkle_nodes
     ("merkle_nodes.level changed", _node_level, AtNode(_leaf_of)),
     ("merkle_nodes.idx changed", _node_idx, AtNode(_leaf_of)),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 from sqlalchemy import Engine, delete, insert
 
@@ -26,6 +27,7 @@ from ledger.core.errors import (
     CheckpointError,
     MerkleNodeError,
     NotInitializedError,
+    PayloadError,
     RecordError,
     VerificationError,
 )
@@ -34,7 +36,10 @@ from ledger.core.payload import ERASED
 from ledger.core.record import Record
 from ledger.core.sealing import MasterKey, MasterKeyError
 from ledger.core.verify import RecordItem, VerifyResult, verify_log
+from ledger.domain.prescriptions import RX
+from ledger.domain.privacy import LEDGER_OWNER
 from ledger.domain.replay import Replayer, SignerReplayer
+from ledger.domain.state import State
 from ledger.store.db import WRITE, configured_master_key
 from ledger.store.reader import LedgerReader
 from ledger.store.schema import projections
@@ -115,6 +120,64 @@ def _check_columns(record: Record, item: RecordItem) -> None:
         )
 
 
+class _PayloadOwners:
+    """Each payload row's ``owner`` and ``erased_seq`` against what the records say.
+
+    The owner of a prescription's or a dispense's payload is its patient (from
+    the record, or the replayed prescription); of a use's cohort, the ledger.
+    A shredded payload must name, as ``erased_seq``, a later record that
+    shreds it: the erasure of its owner, or a retention run over its
+    prescription. So nobody can drop a payload and call it erased.
+    """
+
+    def __init__(self, state: State | None) -> None:
+        self.state = state  # the full replay's, to find a dispense's patient
+        #: erased_seq -> [(seq, owner, rx_id)] still to be matched to their shredding
+        self.pending: dict[int, list[tuple[int, str, str]]] = {}
+
+    def __call__(self, record: Record, item: RecordItem) -> None:
+        columns = item.columns or {}
+        seq, fields = record.seq, record.fields
+        body = fields["body"]
+        if item.has_payload_row:
+            owner = columns.get("payload_owner")
+            expected = self._owner(fields["type"], body)
+            if expected is not None and owner != expected:
+                raise PayloadError(
+                    f"payload owner: expected {expected!r}, found {owner!r}", seq=seq
+                )
+            if item.payload_erased:
+                by = int(columns["payload_erased_seq"])
+                if by <= seq:
+                    raise PayloadError(f"payload shredded by record {by}, not a later one", seq=seq)
+                self.pending.setdefault(by, []).append((seq, str(owner), str(body.get("rx_id"))))
+        for shredded, owner, rx_id in self.pending.pop(seq, []):
+            kind = fields["type"]
+            if kind == "erasure.execute" and body.get("patient") == owner:
+                continue
+            if kind == "retention.shred" and rx_id in body.get("rx_ids", []):
+                continue
+            raise PayloadError(
+                f"payload shredded by record {seq}, a {kind} that does not shred it", seq=shredded
+            )
+
+    def _owner(self, kind: str, body: dict[str, Any]) -> str | None:
+        if kind == "rx.issue":
+            return str(body.get("patient"))
+        if kind == "data.use":
+            return LEDGER_OWNER
+        if kind == "rx.dispense" and self.state is not None:
+            rx = self.state.peek(RX, str(body.get("rx_id")))
+            return None if rx is None else str(rx["patient"])
+        return None
+
+    def finish(self) -> None:
+        if self.pending:
+            by = min(self.pending)
+            seq = self.pending[by][0][0]
+            raise PayloadError(f"payload shredded by record {by}, which does not exist", seq=seq)
+
+
 def _checked_notes(reader: LedgerReader) -> Iterator[str]:
     for size, note in reader.iter_checkpoints():
         lines = note.split("\n", 2)
@@ -159,12 +222,17 @@ def verify_database(
             f"(id {meta[MASTER_KEY_META]})"
         )
     shredded = 0
+    replayer = (Replayer if vault is not None else SignerReplayer)(
+        registrar_key=registrar_key or meta["registrar_vkey"]
+    )
+    owners = _PayloadOwners(replayer.state if vault is not None else None)
     verifier = Verifier.from_vkey(log_key or meta["log_vkey"])
     nodes = _NodeChecker(reader)
 
     def on_record(record: Record, item: RecordItem) -> None:
         nonlocal shredded
         _check_columns(record, item)
+        owners(record, item)
         shredded += item.payload_erased
         if on_progress is not None:
             on_progress(record.seq + 1)
@@ -174,13 +242,12 @@ def verify_database(
         _checked_notes(reader),
         log_key=verifier,
         origin=meta["origin"],
-        replay=(Replayer if vault is not None else SignerReplayer)(
-            registrar_key=registrar_key or meta["registrar_vkey"]
-        ),
+        replay=replayer,
         on_record=on_record,
         on_node=nodes,
     )
     nodes.finish()
+    owners.finish()
     try:
         head = reader.head()
     except NotInitializedError as e:  # the metadata and records are there: tampering

@@ -404,6 +404,8 @@ def _columns(row: Any) -> dict[str, Any]:
         "nonce": row.nonce,
         "type": row.type,
         "received_at": row.received_at,
+        "payload_owner": row.owner,
+        "payload_erased_seq": None if row.erased_seq is None else int(row.erased_seq),
     }
 
 
