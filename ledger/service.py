@@ -279,13 +279,17 @@ class Ledger:
         log_key_file: Path | None = None,
         settlement_key_dir: Path | None = None,
     ) -> Ledger:
+        """Open an initialized ledger. The master key is the configured one, else
+        ``master.key`` beside the log key (where ``init`` writes both)."""
         engine = make_engine(database_url)
         try:
             if not is_initialized(engine):
                 raise NotInitializedError("the database holds no ledger: run `rxledger init` first")
-            signer = read_key_file(log_key_file or default_log_key_file())
+            log_key_file = log_key_file or default_log_key_file()
+            signer = read_key_file(log_key_file)
             agent = SettlementAgent.from_dir(settlement_key_dir or default_settlement_key_dir())
-            return cls(engine, signer, settlement=agent)
+            sealing = configured_master_key(log_key_file.parent)
+            return cls(engine, signer, settlement=agent, master_key=sealing)
         except LedgerError:
             engine.dispose()
             raise
