@@ -341,5 +341,11 @@ from cli.erasure import erasure  # noqa: E402
 
 main.add_command(erasure)
 
+# Retention and legal holds (cli/retention.py).
+from cli.retention import hold, retention  # noqa: E402
+
+main.add_command(retention)
+main.add_command(hold)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
