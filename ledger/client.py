@@ -205,6 +205,24 @@ class LedgerClient:
             raise RejectedError(body)
         return body
 
+    def read_payload(self, seq: int, signer: Signer) -> dict[str, Any]:
+        """Record ``seq``'s payload, if ``signer``'s actor may read it (``ledger.access``)."""
+        return dict(self.signed("GET", f"/v1/payloads/{seq}", signer))
+
+    def access_log(
+        self, patient: str, signer: Signer, *, after_id: int = 0, limit: int = 100
+    ) -> dict[str, Any]:
+        """Who read (or tried to read) ``patient``'s data: ``{patient, events, next_after_id}``."""
+        path = f"/v1/wallet/{patient}/access-log"
+        return dict(self.signed("GET", path, signer, after_id=after_id, limit=limit))
+
+    def pseudonym(self, identifier: str, signer: Signer) -> str:
+        """The registrar's pseudonym lookup (logged; the identifier is not)."""
+        body = {"identifier": identifier}
+        return str(
+            self.signed("POST", "/v1/operator/pseudonyms", signer, json_body=body)["pseudonym"]
+        )
+
     # -- helpers -------------------------------------------------------------------
 
     def _check(self, receipt: dict[str, Any], signed: SignedStatement) -> VerifiedReceipt:

@@ -19,7 +19,6 @@ from api.deps import LedgerDep
 from ledger.access import access_log_for, lookup_pseudonym, read_payload
 from ledger.core.canonical import parse_json
 from ledger.core.errors import EncodingError, RejectionError
-from ledger.domain import fields as f
 
 router = APIRouter()
 Id = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
@@ -61,8 +60,7 @@ async def pseudonym(request: Request, ledger: LedgerDep, actor: ActorDep) -> dic
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise EncodingError("request body: expected a JSON object")
-    f.only(body, {"identifier"}, "body")
     identifier = body.get("identifier")
-    if not isinstance(identifier, str):
-        raise EncodingError("body.identifier: expected a string")
+    if set(body) != {"identifier"} or not isinstance(identifier, str):
+        raise EncodingError('request body: expected {"identifier": "<string>"} and nothing else')
     return {"pseudonym": await run_in_threadpool(lookup_pseudonym, ledger, actor, identifier)}
