@@ -29,7 +29,8 @@ The world is a function of the seed and of the ledger's size when the run
 starts (which goes into every id, so that runs on one ledger never collide):
 the same seed on a fresh ledger gives the same actors, patients, drugs,
 quantities, prices, traceability codes and outcomes. Keys, nonces and payload
-salts stay random, as they must.
+salts stay random, as they must; the patients' pseudonyms depend on the
+master key too.
 
 Time cannot be simulated: the ledger refuses statements more than five
 minutes off its clock, so every dispense of a run happens within minutes of
@@ -40,10 +41,24 @@ with prescriptions valid for one second, whose dispense is attempted at the
 end of the run. Consents carry their own dates, so ended, not yet valid and
 time-limited consents are simply dated in the past or the future.
 
-Patients appear only as pseudonyms (``P-`` and 16 hex digits), also as
-registered actors (never with a name); drug names, doses and diagnosis codes
-appear only in the salted clinical payloads, and a data use's cohort only in
-its payload.
+Every patient has a synthetic identity (:class:`Identity`): an 18-character
+resident identity number of the PRC (GB 11643-1999: a GB/T 2260 region code,
+the birth date, a sequence number, odd for a man, and a valid check
+character) and a name, both a function of the seed and the run tag. The demo
+registers patients as an operator would: their pseudonym is
+``ledger.vault.master.pseudonym(id_number)`` (``P-`` and 16 hex digits of an
+HMAC under the master key, ADR 0010), so the demo runs where the master key
+is, on a :class:`~ledger.service.Ledger` it opened (there is no remote mode).
+A pseudonym the ledger already knows (an earlier run's) is drawn again. The
+identities stay in memory: ``DemoReport.identities`` (pseudonym -> identity)
+is for tests that scan the database and the bundles for them
+(``tests/test_privacy_scan.py``), and is never recorded, printed or in
+:meth:`DemoReport.to_json`.
+
+Patients appear only as pseudonyms, also as registered actors (never with a
+name); drug names, doses and diagnosis codes appear only in the salted
+clinical payloads, which the ledger stores sealed under the patient's data
+key, and a data use's cohort only in its payload.
 """
 
 from __future__ import annotations
@@ -55,7 +70,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +80,12 @@ from ledger.core.errors import LedgerError
 from ledger.core.note import Signer
 from ledger.core.payload import seal
 from ledger.core.statement import format_time, make_statement, now, parse_time
+from ledger.domain.registry import KIND as ACTOR
 from ledger.domain.settlement import CLAIM, OUTCOMES
 from ledger.domain.wallet import DS, GRU, HMB, MEMBERS, NCU, NPU, PAYMENT, POA, PUB, TS
 from ledger.service import Ledger, write_key_file
 from ledger.store.reader import ProjectionReader
-from ledger.store.schema import projections
+from ledger.store.schema import data_keys, projections
 from ledger.store.sequencer import MAX_BATCH, Receipt, Submission
 from ledger.wallet_service import preview_use
 
@@ -195,6 +211,72 @@ EXPIRY_SECONDS = 1.0
 EXAMPLE_REASONS = {"partially-approved": "price-capped", "rejected": "refill-too-soon"}
 
 
+#: county-level division codes (GB/T 2260) the synthetic patients are registered in
+REGIONS = (
+    "110101", "110108", "120101", "310104", "310115", "320106", "330106", "350203",
+    "370102", "420106", "430104", "440106", "440305", "500103", "510107", "610113",
+)  # fmt: skip
+SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹"
+GIVEN_FEMALE = "秀英华丽芳娟敏静燕玲桂兰霞梅婷雪颖琳"
+GIVEN_MALE = "伟强磊军勇杰涛明超刚平辉鹏飞斌宇浩峰"
+#: GB 11643-1999: the weight of each of the first 17 digits (2^(17-i) mod 11), and
+#: the check character for each remainder of the weighted sum modulo 11
+ID_WEIGHTS = tuple(pow(2, 17 - i, 11) for i in range(17))
+ID_CHECK = "10X98765432"
+BORN_FROM, BORN_DAYS = date(1935, 1, 1), (date(2020, 12, 31) - date(1935, 1, 1)).days
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A synthetic patient: the real identity the demo's pseudonyms stand for.
+
+    Made up, but shaped like the real thing, so that a scan for it is a scan
+    for what a real deployment must never store: an 18-character resident
+    identity number with a valid check character, and a name.
+    """
+
+    id_number: str
+    name: str
+
+
+def id_check_character(first17: str) -> str:
+    """The GB 11643-1999 check character (ISO 7064 MOD 11-2) of 17 digits."""
+    if len(first17) != 17 or not first17.isdigit():
+        raise ValueError("want the 17 digits before the check character")
+    total = sum(int(c) * w for c, w in zip(first17, ID_WEIGHTS, strict=True))
+    return ID_CHECK[total % 11]
+
+
+def make_identity(seed: str) -> Identity:
+    """A synthetic identity, a function of ``seed``: region, birth date, sequence
+    number (odd for a man, even for a woman), check character; a name to match."""
+    rng = random.Random(seed)  # noqa: S311 - synthetic people, not secrets
+    born = BORN_FROM + timedelta(days=rng.randrange(BORN_DAYS + 1))
+    sequence = rng.randrange(1, 1000)
+    first17 = f"{rng.choice(REGIONS)}{born:%Y%m%d}{sequence:03d}"
+    given = GIVEN_MALE if sequence % 2 else GIVEN_FEMALE
+    name = rng.choice(SURNAMES) + "".join(rng.choices(given, k=rng.choice((1, 2, 2))))
+    return Identity(first17 + id_check_character(first17), name)
+
+
+def _known_patients(ledger: Ledger, pseudonyms: list[str]) -> set[str]:
+    """Those of ``pseudonyms`` that this ledger already knows: as a patient of a
+    document, a registered actor, or the owner of a data key (shredded or not)."""
+    known: set[str] = set()
+    with ledger.engine.connect() as conn:
+        for start in range(0, len(pseudonyms), 500):
+            chunk = pseudonyms[start : start + 500]
+            for query in (
+                select(projections.c.patient).where(projections.c.patient.in_(chunk)),
+                select(projections.c.key).where(
+                    projections.c.kind == ACTOR, projections.c.key.in_(chunk)
+                ),
+                select(data_keys.c.owner).where(data_keys.c.owner.in_(chunk)),
+            ):
+                known.update(str(v) for v in conn.execute(query).scalars())
+    return known
+
+
 @dataclass
 class DemoReport:
     """What a demo run did, and how fast."""
@@ -221,6 +303,9 @@ class DemoReport:
     #: the data wallet: consents, data uses (permitted and denied, by reason), proceeds
     wallet: dict[str, Any] = field(default_factory=dict)
     wallet_key_files: list[str] = field(default_factory=list)
+    #: pseudonym -> the patient's synthetic identity (ID number, name): for tests
+    #: that scan for them; never recorded, never in :meth:`to_json`, never shown
+    identities: dict[str, Identity] = field(default_factory=dict, repr=False)
 
     @property
     def statements_accepted(self) -> int:
@@ -369,6 +454,8 @@ class _World:
         self.formularies: list[dict[str, dict[str, int]]] = []
         self.covered: list[_Patient] = []
         self.uncovered: list[_Patient] = []
+        #: pseudonym -> the patient's synthetic identity: in memory only, never recorded
+        self.identities: dict[str, Identity] = {}
         self.stock: dict[tuple[str, str], list[Any]] = {}  # (pharmacy, drug) -> [code, pack, left]
         self.used_up: dict[str, list[tuple[str, int]]] = {}  # drug -> packs fully dispensed
         self.paid: list[tuple[_Patient, Drug]] = []  # lines expected paid, for refills
@@ -384,9 +471,28 @@ class _World:
     def ident(self, kind: str, n: int, width: int = 3) -> str:
         return f"{self.tag}.{kind}-{n:0{width}d}"
 
-    def pseudonym(self) -> str:
-        raw = f"{self.tag}:{self.rng.getrandbits(64)}".encode()
-        return "P-" + hashlib.sha256(raw).hexdigest()[:16]
+    def people(self, count: int) -> list[str]:
+        """``count`` new patients: their pseudonyms, their identities in ``self.identities``.
+
+        A patient's identity (:func:`make_identity`) is a function of the seed
+        and the run tag; their pseudonym is the master key's of their ID
+        number. Pseudonyms this ledger already knows (an earlier run's
+        patients, an erased patient's shredded key) are drawn again.
+        """
+        chosen: list[str] = []
+        while len(chosen) < count:
+            fresh: dict[str, Identity] = {}
+            while len(chosen) + len(fresh) < count:
+                person = make_identity(f"{self.tag}:{self.rng.getrandbits(64)}")
+                pseudonym = self.ledger.vault.master.pseudonym(person.id_number)
+                if pseudonym not in self.identities and pseudonym not in fresh:
+                    fresh[pseudonym] = person
+            known = _known_patients(self.ledger, list(fresh))
+            for pseudonym, person in fresh.items():
+                if pseudonym not in known:
+                    self.identities[pseudonym] = person
+                    chosen.append(pseudonym)
+        return chosen
 
     def trace_code(self, drug: Drug) -> str:
         """A 20-digit drug traceability code: product prefix, serial, check digits."""
@@ -468,13 +574,15 @@ class _World:
         rng, at = self.rng, now()
         weights = [spec.share for spec in INSURERS]
         n_covered = max(40, prescriptions // 2)
+        n_uncovered = max(4, n_covered // 25)
+        people = iter(self.people(n_covered + n_uncovered))
         for _ in range(n_covered):
             index = rng.choices(range(len(INSURERS)), weights)[0]
-            self.covered.append(_Patient(self.pseudonym(), index, index))
+            self.covered.append(_Patient(next(people), index, index))
         # never enrolled, and enrolled but left the plan (coverage.end)
-        for i in range(max(4, n_covered // 25)):
+        for i in range(n_uncovered):
             index = rng.choices(range(len(INSURERS)), weights)[0]
-            self.uncovered.append(_Patient(self.pseudonym(), None, index))
+            self.uncovered.append(_Patient(next(people), None, index))
             if i % 3 == 0:
                 self.enrol_one(self.uncovered[-1].pseudonym, index, at)
                 self.batch.add(
@@ -1624,6 +1732,7 @@ def run_demo(
         unexpected=dict(sorted(batch.unexpected.items())),
         wallet=wallet,
         wallet_key_files=wallets.key_files,
+        identities=dict(world.identities),
     )
 
 

@@ -70,18 +70,36 @@ def strings(value: Any, path: str = "") -> list[tuple[str, str]]:
     return []
 
 
-def check_privacy(env: LedgerEnv) -> None:
+def check_privacy(env: LedgerEnv, report: DemoReport) -> None:
     names = [d.name.lower() for d in CATALOGUE]
     words = [d.name.split()[0].lower() for d in CATALOGUE]
     with env.ledger.engine.connect() as conn:
         stored = [bytes(b) for b in conn.execute(select(records.c.record_bytes)).scalars()]
-        clinical = b"".join(bytes(c) for c in conn.execute(select(payloads.c.content)).scalars())
-    # the names do exist, beside the chain: the scan below is not vacuous
-    assert all(w.encode() in clinical.lower() for w in words[:5])
+        sealed = {
+            int(row.seq): bytes(row.content)
+            for row in conn.execute(select(payloads.c.seq, payloads.c.content))
+            if row.content is not None
+        }
+    # the names do exist, in the payloads the vault opens: the scans below are not vacuous
+    opened = [env.ledger.reader.payload(seq) for seq in sealed]
+    assert all(p is not None for p in opened)
+    clinical = b"".join(p for p in opened if p is not None).lower()
+    assert all(w.encode() in clinical for w in words[:5])
+    # ... and are not there in clear: the payloads are sealed
+    at_rest = b"".join(sealed.values()).lower()
+    for name in [*names, *words]:
+        assert name.encode() not in at_rest, f"drug name {name!r} in a stored payload"
+    # the patients' identities were made, and appear in no record
+    assert len(report.identities) == sum(report.patients.values())
+    identities = [
+        text.encode() for i in report.identities.values() for text in (i.id_number, i.name)
+    ]
     for data in stored:
         lowered = data.lower()
         for name in [*names, *words]:
             assert name.encode() not in lowered, f"drug name {name!r} in a record"
+        for identity in identities:
+            assert identity not in data, "a patient's identity in a record"
         record = Record.from_bytes(data)
         statement = record.fields
         body = statement["body"]
@@ -222,7 +240,7 @@ def test_demo_world(ledger_env: LedgerEnv, tmp_path: Path) -> None:
     assert result.size == report.tree_size
     assert replayed_projections(engine) == views.all_rows()
 
-    check_privacy(env)
+    check_privacy(env, report)
     check_wallets(env, report)
 
     verifier = Verifier.from_vkey(env.log_vkey)
