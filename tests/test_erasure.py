@@ -184,9 +184,11 @@ def test_replay_after_erasure_matches_the_projections_but_for_pack_counts(story:
     replayed = replayed_projections(story.env.ledger.engine)
     differing = set(live) ^ set(replayed)
     # Only traceability-code documents differ: their pack counts came from the
-    # erased dispense's payload, which no replay can read any more (docs/privacy.md).
-    assert differing
-    assert {row[0] for row in differing} == {"trace"}
+    # erased dispense's payload, which no replay can read any more (docs/privacy.md);
+    # and the replay notes where it met shredded payloads (it alone: "inputs-erased").
+    assert {row[0] for row in differing} == {"trace", "inputs-erased"}
+    assert {row[1] for row in differing if row[0] == "inputs-erased"} == {story.gone, "*"}
+    assert not any(row[0] == "inputs-erased" for row in live)
 
 
 def test_erasure_needs_a_request_and_yields_to_a_legal_hold(story: Story) -> None:

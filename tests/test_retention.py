@@ -21,7 +21,6 @@ from sqlalchemy import select
 
 from cli.main import main
 from ledger import retention
-from ledger.core.errors import RecordError
 from ledger.domain.registry import CONTROLLED_CLASSES
 from ledger.retention import RetentionPolicy, RetentionPolicyError
 from ledger.store.audit import verify_database
@@ -307,15 +306,9 @@ def test_a_shorter_configured_period(world: World) -> None:
     assert verify_database(w.engine).shredded == 4
 
 
-# -- replay after a partial shredding: known bugs (see the report of issue 6) ---------
+# -- replay after a partial shredding ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecordError,
-    reason="settlement.decide_decision replays a claim whose refill-too-soon check read "
-    "a paid fill of a since-shredded prescription (decision-mismatch)",
-)
 def test_verify_after_shredding_a_fill_a_later_claim_was_checked_against(world: World) -> None:
     w = world
     patient = w.new_patient()
@@ -329,12 +322,6 @@ def test_verify_after_shredding_a_fill_a_later_claim_was_checked_against(world: 
     verify_database(w.engine)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecordError,
-    reason="prescriptions._dispense_erased does not mark a prescription completed by "
-    "quantity, so the replay of its retention.shred is refused as rx-active",
-)
 def test_verify_after_shredding_a_prescription_completed_by_quantity(world: World) -> None:
     w = world
     rx_id = issue(w, dispensed=True, quantity=30, fills=2)  # all 30 dispensed in fill 1

@@ -106,7 +106,11 @@ def decide_issue(
             "history": [seq],
             "inputs_erased": True,
         }
-        return [rx_put(skeleton, seq), privacy.index_rx(state, patient, rx_id, seq)]
+        return [
+            rx_put(skeleton, seq),
+            privacy.index_rx(state, patient, rx_id, seq),
+            *privacy.note_inputs_erased(patient, seq),
+        ]
     clinical = require_payload(payload, statement)
     f.only(clinical, {"salt", "items", "diagnosis_codes", "controlled_class", "notes"}, "payload")
     items = []
@@ -361,6 +365,7 @@ def _dispense_erased(
             status="claimed" if claimed else "unclaimed",
             seq=seq,
         ),
+        *privacy.note_inputs_erased(rx["patient"], seq),
     ]
 
 

@@ -54,6 +54,9 @@ HOLD = "hold"  # per hold id
 HOLDS = "holds"  # per target (``patient:P`` or ``rx:R``): the holds in force
 AUDIT_GRANT = "audit-grant"  # per grant id
 AUDITOR_GRANTS = "auditor-grants"  # per auditor: their grant ids
+#: in a replay only: a shredded payload was met for this patient (key: the
+#: pseudonym) or for anyone (key ``*``); never written by the sequencer
+INPUTS_ERASED = "inputs-erased"
 #: the owner of payloads that belong to no patient (a data use's cohort)
 LEDGER_OWNER = "ledger"
 ERASURE_REASONS = ("patient-request", "legal-order")
@@ -205,7 +208,13 @@ def decide_shred(state: State, statement: Statement, *, seq: int) -> list[Effect
             raise RejectionError("unknown-rx", f"prescription {raw!r} does not exist")
         if state.peek(SHRED, raw) is not None or rx["status"] == "erased":
             raise RejectionError("rx-erased", f"prescription {raw!r} was shredded already")
-        if rx["status"] == "active" and statement.issued_at < rx["valid_until"]:
+        # a replayed prescription whose payloads were shredded does not know
+        # whether its quantities were used up: its status is not evidence
+        if (
+            rx["status"] == "active"
+            and not rx.get("inputs_erased")
+            and statement.issued_at < rx["valid_until"]
+        ):
             raise RejectionError("rx-active", f"prescription {raw!r} can still be dispensed")
         if statement.issued_at < _plus_days(rx["issued_at"], days):
             raise RejectionError(
@@ -352,6 +361,16 @@ def audit_grant_covers(state: State, auditor: str, patient: str, at: str) -> str
         if grant["patients"] == "*" or patient in grant["patients"]:
             return str(grant_id)
     return None
+
+
+def note_inputs_erased(patient: str, seq: int) -> list[Effect]:
+    """Replay only: later decisions of this patient (and traceability-code
+    counts of anyone) may have read what was shredded here."""
+    doc = {"since_seq": seq}
+    return [
+        Put(INPUTS_ERASED, patient, doc, patient=patient, seq=seq),
+        Put(INPUTS_ERASED, "*", doc, seq=seq),
+    ]
 
 
 def index_rx(state: State, patient: str, rx_id: str, seq: int) -> Put:
