@@ -357,3 +357,67 @@ def lookup_pseudonym(ledger: Ledger, reader: Document, identifier: str) -> str:
         basis=PSEUDONYM_LOOKUP,
     )
     return pseudonym
+
+
+def _view_basis(ledger: Ledger, reader: Document, rx: Document, at: str) -> str | None:
+    with ledger.engine.connect() as conn:
+        state = DbState(conn, ledger.reader.head(conn).size)
+        basis = decide_basis(
+            state,
+            conn,
+            reader,
+            seq=int(rx["issued_seq"]),
+            kind="rx.issue",
+            body={"rx_id": rx["rx_id"]},
+            owner=str(rx["patient"]),
+            at=at,
+        )
+    if basis is None and reader["role"] == "pharmacy" and rx["status"] == "active":
+        # a pharmacy is shown a prescription it is asked to dispense (the patient
+        # brings its id); logged like any read, so the patient sees who looked
+        basis = "dispensing-lookup"
+    return basis
+
+
+def read_prescription(
+    ledger: Ledger, reader: Document, rx_id: str, *, now: datetime | None = None
+) -> dict[str, Any]:
+    """The prescription view (drug codes, quantities: derived from its payload) for
+    ``reader``: whoever may read its payload, or any pharmacy while it is active;
+    logged like a payload read (``what`` = ``prescription/<id>``)."""
+    from ledger.service import prescription_view  # noqa: PLC0415
+
+    moment = now or clock()
+    view = prescription_view(ledger.engine, rx_id)  # NotFoundError when there is none
+    basis = _view_basis(ledger, reader, view, instant(format_time(moment)))
+    common: dict[str, Any] = {
+        "actor": str(reader["actor_id"]),
+        "role": str(reader["role"]),
+        "patient": str(view["patient"]),
+        "seq": int(view["issued_seq"]),
+        "what": f"prescription/{rx_id}",
+        "at": moment,
+    }
+    if basis is None:
+        log_access(
+            ledger.engine, action="R", basis=REFUSED, outcome=OUTCOME_MINOR_FAILURE, **common
+        )
+        raise RejectionError(
+            "forbidden", f"{reader['actor_id']!r} has no basis to read prescription {rx_id!r}"
+        )
+    log_access(ledger.engine, action="R", basis=basis, **common)
+    return view
+
+
+def patient_basis(ledger: Ledger, reader: Document, patient: str, at: str) -> str | None:
+    """Why ``reader`` may list ``patient``'s prescriptions: the patient, a guardian,
+    or an auditor with a grant covering them."""
+    actor, role = str(reader["actor_id"]), reader["role"]
+    if role == "patient" and (actor == patient or patient in reader.get("guardian_of", [])):
+        return "patient"
+    if role == "auditor":
+        with ledger.engine.connect() as conn:
+            state = DbState(conn, ledger.reader.head(conn).size)
+            grant = audit_grant_covers(state, actor, patient, at)
+        return None if grant is None else f"audit-grant:{grant}"
+    return None

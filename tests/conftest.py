@@ -28,7 +28,8 @@ from ledger.store.db import normalize_url
 # Every ledger the tests make seals its payloads with this session's master key;
 # child processes (servers, CLIs) inherit it. Tests of a missing or wrong key
 # remove or replace it in their own environment.
-os.environ["RXLEDGER_MASTER_KEY"] = MasterKey.generate().encoded()
+# (setdefault: worker processes import this module again and must keep the key.)
+os.environ.setdefault("RXLEDGER_MASTER_KEY", MasterKey.generate().encoded())
 os.environ.pop("RXLEDGER_MASTER_KEY_FILE", None)
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import pytest
 from click.testing import CliRunner
@@ -28,7 +28,7 @@ from api.settings import Settings
 from cli.main import main
 from ledger.client import LedgerClient, RejectedError, VerifiedReceipt, check_trail
 from ledger.core.errors import VerificationError
-from ledger.core.note import Verifier
+from ledger.core.note import Signer, Verifier
 from ledger.service import TRAIL_STEPS
 from ledger.store.audit import verify_database
 from ledger.store.reader import LedgerReader
@@ -58,6 +58,19 @@ class Api:
 
     def get(self, path: str, **params: Any) -> Any:
         return self.client.get(path, **params)
+
+    def get_as(self, signer: Signer, path: str, **params: Any) -> Any:
+        """A signed read (the clinical views need one)."""
+        return self.client.signed("GET", path, signer, **params)
+
+    def status_as(self, signer: Signer, path: str) -> int:
+        path, _, query = path.partition("?")
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        try:
+            self.client.signed("GET", path, signer, **params)
+        except RejectedError as e:
+            return e.status
+        return 200
 
     def check(self, trail: dict[str, Any]) -> Any:
         return check_trail(trail, log_key=self.log_key, origin=self.world.env.origin)
@@ -92,7 +105,7 @@ def test_a_prescription_reads_back_with_its_status_items_and_history(api: Api) -
     first = w.must(w.make_dispense(rx_id, 1, [line(0, 30), line(1, 10)], claimed=False))
     second = w.must(w.make_dispense(rx_id, 2, [line(0, 30)], by="pharmacy-2", claimed=False))
 
-    view = api.get(f"/v1/prescriptions/{rx_id}")
+    view = api.get_as(w.prescribers["dr-li"], f"/v1/prescriptions/{rx_id}")
     assert view["rx_id"] == rx_id
     assert view["status"] == "completed"
     assert [(i["drug_code"], i["quantity"], i["dispensed"]) for i in view["items"]] == [
@@ -108,6 +121,31 @@ def test_a_prescription_reads_back_with_its_status_items_and_history(api: Api) -
     ]
 
 
+def test_a_prescription_is_shown_only_to_those_who_may_read_it_and_each_look_is_logged(
+    api: Api,
+) -> None:
+    w, rx_id = api.world, api.world.new_id("RX")
+    patient = w.new_patient()
+    patient_signer = w.register(patient, "patient")
+    w.must(w.make_issue(rx_id, patient=patient))
+    path = f"/v1/prescriptions/{rx_id}"
+    assert api.http.get(path).status_code == 401  # unsigned
+    assert api.status_as(w.prescribers["dr-wu"], path) == 403  # not the prescriber
+    assert api.status_as(w.insurers["insurer-b"], path) == 403
+    assert api.status_as(w.pharmacies["pharmacy-2"], path) == 200  # asked to dispense it
+    assert api.status_as(patient_signer, path) == 200
+    log = api.client.access_log(patient, patient_signer)
+    events = [(e["agent"][0]["who"]["identifier"]["value"], e["outcome"]) for e in log["events"]]
+    assert events == [("dr-wu", "4"), ("insurer-b", "4"), ("pharmacy-2", "0"), (patient, "0")]
+    # once it can no longer be dispensed, a pharmacy that never dispensed it is refused
+    w.must(w.make_end("rx.cancel", rx_id, by="dr-li", reason="patient-request"))
+    assert api.status_as(w.pharmacies["pharmacy-2"], path) == 403
+    # a patient's list: the patient only (or a guardian, an auditor with a grant)
+    listing = f"/v1/patients/{patient}/prescriptions"
+    assert api.status_as(patient_signer, listing) == 200
+    assert api.status_as(w.prescribers["dr-li"], listing) == 403
+
+
 def test_a_refused_dispense_is_a_problem_with_its_code(api: Api) -> None:
     w, rx_id = api.world, api.world.new_id("RX")
     w.must(w.make_issue(rx_id, items=[item(quantity=10)]))
@@ -121,6 +159,7 @@ def test_a_refused_dispense_is_a_problem_with_its_code(api: Api) -> None:
 def test_a_patients_prescriptions_page_newest_first(api: Api) -> None:
     w = api.world
     patient = w.new_patient()
+    signer = w.register(patient, "patient")
     issued = []
     for _ in range(5):
         rx_id = w.new_id("RX")
@@ -133,7 +172,7 @@ def test_a_patients_prescriptions_page_newest_first(api: Api) -> None:
         params: dict[str, Any] = {"limit": 2}
         if before is not None:
             params["before_seq"] = before
-        page = api.get(f"/v1/patients/{patient}/prescriptions", **params)
+        page = api.get_as(signer, f"/v1/patients/{patient}/prescriptions", **params)
         pages += 1
         assert len(page["items"]) <= 2
         assert all(rx["patient"] == patient for rx in page["items"])
@@ -146,7 +185,7 @@ def test_a_patients_prescriptions_page_newest_first(api: Api) -> None:
 
     # a dispense changes a prescription: it moves to the front
     w.must(w.make_dispense(issued[0], 1, claimed=False))
-    first = api.get(f"/v1/patients/{patient}/prescriptions", limit=1)
+    first = api.get_as(signer, f"/v1/patients/{patient}/prescriptions", limit=1)
     assert [rx["rx_id"] for rx in first["items"]] == [issued[0]]
 
 
@@ -323,7 +362,14 @@ def test_a_trail_step_that_is_a_record_of_another_type_fails_its_check(
     ],
 )
 def test_an_unknown_id_is_a_404_problem(api: Api, path: str) -> None:
-    response = api.http.get(path)
+    response = api.http.get(path) if "prescriptions" not in path else None
+    if response is None:  # a clinical view: asked by a registered actor
+        with pytest.raises(RejectedError) as caught:
+            api.get_as(api.world.pharmacies["pharmacy-1"], path)
+        problem = caught.value.problem
+        assert (problem["status"], problem["code"]) == (404, "not-found")
+        assert "NOSUCH" in problem["detail"]
+        return
     assert response.status_code == 404
     assert response.headers["content-type"].startswith(PROBLEM_JSON)
     problem = response.json()
@@ -346,6 +392,9 @@ def test_an_unknown_id_is_a_404_problem(api: Api, path: str) -> None:
     ],
 )
 def test_a_bad_id_or_parameter_is_a_400_problem(api: Api, path: str) -> None:
+    if "prescriptions" in path:  # a clinical view: asked by a registered actor
+        assert api.status_as(api.world.pharmacies["pharmacy-1"], path) == 400
+        return
     response = api.http.get(path)
     assert response.status_code == 400, response.text
     assert response.headers["content-type"].startswith(PROBLEM_JSON)
@@ -367,8 +416,10 @@ def test_ids_with_a_slash_read_back(api: Api) -> None:
         return
     w.must(w.make_dispense(rx_id, 1))
     w.must(w.make_claim(claim_id, rx_id, 1))
+    assert (
+        api.status_as(w.prescribers["dr-li"], f"/v1/prescriptions/{quote(rx_id, safe='')}") == 200
+    )
     for path in (
-        f"/v1/prescriptions/{quote(rx_id, safe='')}",
         f"/v1/claims/{quote(claim_id, safe='')}",
         f"/v1/claims/{quote(claim_id, safe='')}/trail",
     ):

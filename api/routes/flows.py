@@ -1,9 +1,12 @@
 """Reads of the prescription and settlement flows.
 
-These serve projections (current state derived from the records). They
-include clinical detail (drug codes, quantities) for the people who handle a
-prescription; access control by role comes with the privacy work (issue 6),
-until then the service is meant to run behind the operator's gateway.
+These serve projections (current state derived from the records). A
+prescription's view holds clinical detail derived from its payload (drug
+codes, quantities), so it needs a signed request and is shown only to whoever
+may read that payload, or to a pharmacy while the prescription is active; a
+patient's list only to the patient, a guardian or an auditor with a grant.
+Every such read is logged in the patient's access log (``ledger.access``).
+Claims and decisions hold only what their records say, and stay public.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
+from api.auth import ActorDep
 from api.deps import LedgerDep
-from ledger.core.errors import NotFoundError
+from ledger import access
+from ledger.core.errors import NotFoundError, RejectionError
+from ledger.core.statement import format_time, instant, now
 from ledger.domain import prescriptions, settlement
-from ledger.service import claim_trail, prescription_view
+from ledger.service import claim_trail
 from ledger.store.reader import ProjectionReader
 
 router = APIRouter()
@@ -32,19 +38,45 @@ def _page(items: list[dict[str, Any]], limit: int) -> dict[str, Any]:
 
 
 @router.get("/v1/prescriptions/{rx_id}")
-def prescription(ledger: LedgerDep, rx_id: Id) -> dict[str, Any]:
+def prescription(ledger: LedgerDep, actor: ActorDep, rx_id: Id) -> dict[str, Any]:
     """A prescription's state (expiry computed now), items and history."""
-    return prescription_view(ledger.engine, rx_id)
+    return access.read_prescription(ledger, actor, rx_id)
 
 
 @router.get("/v1/patients/{patient}/prescriptions")
 def patient_prescriptions(
-    ledger: LedgerDep, patient: Id, limit: Limit = 100, before_seq: Before = None
+    ledger: LedgerDep,
+    actor: ActorDep,
+    patient: Id,
+    limit: Limit = 100,
+    before_seq: Before = None,
 ) -> dict[str, Any]:
     """A patient's prescriptions by pseudonym, the most recently changed first."""
+    moment = now()
+    basis = access.patient_basis(ledger, actor, patient, instant(format_time(moment)))
+    common: dict[str, Any] = {
+        "actor": str(actor["actor_id"]),
+        "role": str(actor["role"]),
+        "patient": patient,
+        "seq": None,
+        "what": f"patient/{patient}/prescriptions",
+        "at": moment,
+    }
+    if basis is None:
+        access.log_access(
+            ledger.engine,
+            action="R",
+            basis=access.REFUSED,
+            outcome=access.OUTCOME_MINOR_FAILURE,
+            **common,
+        )
+        raise RejectionError(
+            "forbidden", f"{actor['actor_id']!r} may not list patient {patient!r}'s prescriptions"
+        )
     items = ProjectionReader(ledger.engine).page(
         prescriptions.RX, patient=patient, before_seq=before_seq, limit=limit
     )
+    access.log_access(ledger.engine, action="R", basis=basis, **common)
     return _page(items, limit)
 
 
