@@ -52,6 +52,7 @@ from ledger.domain import prescriptions, settlement, wallet
 from ledger.domain.privacy import AUDIT_GRANT, AUDITOR_GRANTS, LEDGER_OWNER, audit_grant_covers
 from ledger.domain.state import Document, State
 from ledger.service import Ledger
+from ledger.store.reader import ProjectionReader
 from ledger.store.schema import access_log, payloads, projections
 from ledger.store.state import DbState
 
@@ -398,15 +399,39 @@ def read_prescription(
         "what": f"prescription/{rx_id}",
         "at": moment,
     }
+    _logged(ledger, basis, common, f"has no basis to read prescription {rx_id!r}")
+    return view
+
+
+def _logged(ledger: Ledger, basis: str | None, common: dict[str, Any], refusal: str) -> None:
+    """Log a read (or its refusal, then raise ``forbidden``)."""
     if basis is None:
         log_access(
             ledger.engine, action="R", basis=REFUSED, outcome=OUTCOME_MINOR_FAILURE, **common
         )
-        raise RejectionError(
-            "forbidden", f"{reader['actor_id']!r} has no basis to read prescription {rx_id!r}"
-        )
+        raise RejectionError("forbidden", f"{common['actor']!r} {refusal}")
     log_access(ledger.engine, action="R", basis=basis, **common)
-    return view
+
+
+def read_patient_prescriptions(
+    ledger: Ledger, reader: Document, patient: str, *, limit: int, before_seq: int | None
+) -> list[dict[str, Any]]:
+    """A page of ``patient``'s prescriptions, for the patient, a guardian or an
+    auditor with a grant covering them; logged (``patient/<P>/prescriptions``)."""
+    moment = clock()
+    basis = patient_basis(ledger, reader, patient, instant(format_time(moment)))
+    common: dict[str, Any] = {
+        "actor": str(reader["actor_id"]),
+        "role": str(reader["role"]),
+        "patient": patient,
+        "seq": None,
+        "what": f"patient/{patient}/prescriptions",
+        "at": moment,
+    }
+    _logged(ledger, basis, common, f"may not list patient {patient!r}'s prescriptions")
+    return ProjectionReader(ledger.engine).page(
+        prescriptions.RX, patient=patient, before_seq=before_seq, limit=limit
+    )
 
 
 def patient_basis(ledger: Ledger, reader: Document, patient: str, at: str) -> str | None:

@@ -18,9 +18,8 @@ from fastapi import APIRouter, Path, Query
 from api.auth import ActorDep
 from api.deps import LedgerDep
 from ledger import access
-from ledger.core.errors import NotFoundError, RejectionError
-from ledger.core.statement import format_time, instant, now
-from ledger.domain import prescriptions, settlement
+from ledger.core.errors import NotFoundError
+from ledger.domain import settlement
 from ledger.service import claim_trail
 from ledger.store.reader import ProjectionReader
 
@@ -52,31 +51,9 @@ def patient_prescriptions(
     before_seq: Before = None,
 ) -> dict[str, Any]:
     """A patient's prescriptions by pseudonym, the most recently changed first."""
-    moment = now()
-    basis = access.patient_basis(ledger, actor, patient, instant(format_time(moment)))
-    common: dict[str, Any] = {
-        "actor": str(actor["actor_id"]),
-        "role": str(actor["role"]),
-        "patient": patient,
-        "seq": None,
-        "what": f"patient/{patient}/prescriptions",
-        "at": moment,
-    }
-    if basis is None:
-        access.log_access(
-            ledger.engine,
-            action="R",
-            basis=access.REFUSED,
-            outcome=access.OUTCOME_MINOR_FAILURE,
-            **common,
-        )
-        raise RejectionError(
-            "forbidden", f"{actor['actor_id']!r} may not list patient {patient!r}'s prescriptions"
-        )
-    items = ProjectionReader(ledger.engine).page(
-        prescriptions.RX, patient=patient, before_seq=before_seq, limit=limit
+    items = access.read_patient_prescriptions(
+        ledger, actor, patient, limit=limit, before_seq=before_seq
     )
-    access.log_access(ledger.engine, action="R", basis=basis, **common)
     return _page(items, limit)
 
 

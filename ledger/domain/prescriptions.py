@@ -53,6 +53,18 @@ def dispense_key(rx_id: str, fill_number: int) -> str:
     return f"{rx_id}#{fill_number}"
 
 
+def dispense_put(dispense: Document, seq: int) -> Put:
+    return Put(
+        DISPENSE,
+        dispense_key(dispense["rx_id"], dispense["fill_number"]),
+        dispense,
+        patient=dispense["patient"],
+        party=dispense["pharmacy"],
+        status="claimed" if dispense["claimed"] else "unclaimed",
+        seq=seq,
+    )
+
+
 def rx_put(rx: Document, seq: int) -> Put:
     return Put(
         RX,
@@ -76,41 +88,10 @@ def require_payload(payload: Any, statement: Statement) -> dict[str, Any]:
     return payload
 
 
-def decide_issue(
-    state: State, statement: Statement, prescriber: Document, payload: Any, *, seq: int
-) -> list[Effect]:
-    body = statement.body
-    f.only(body, {"rx_id", "patient", "valid_until", "fills_allowed", "payload_digest"}, "body")
-    rx_id = f.id_field(body, "rx_id", "body")
-    patient = f.id_field(body, "patient", "body")
-    valid_until = f.time_field(body, "valid_until", "body")
-    fills_allowed = f.int_field(body, "fills_allowed", "body", minimum=1, maximum=MAX_FILLS)
-    if valid_until <= statement.issued_at:
-        raise f.malformed("body.valid_until", "must be after issued_at")
-    privacy.refuse_if_erased(state, patient)
-    if payload is privacy.ERASED:  # replay of a shredded payload: what the body says
-        if state.get(RX, rx_id) is not None:
-            raise RejectionError("rx-exists", f"prescription {rx_id!r} already exists")
-        skeleton: Document = {
-            "rx_id": rx_id,
-            "patient": patient,
-            "prescriber": statement.actor,
-            "issued_at": statement.issued_at,
-            "issued_seq": seq,
-            "valid_until": valid_until,
-            "fills_allowed": fills_allowed,
-            "fills_done": 0,
-            "controlled_class": None,
-            "items": None,
-            "status": "active",
-            "history": [seq],
-            "inputs_erased": True,
-        }
-        return [
-            rx_put(skeleton, seq),
-            privacy.index_rx(state, patient, rx_id, seq),
-            *privacy.note_inputs_erased(patient, seq),
-        ]
+def _clinical(
+    payload: Any, statement: Statement, prescriber: Document
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """The prescription's controlled class and items, from its payload."""
     clinical = require_payload(payload, statement)
     f.only(clinical, {"salt", "items", "diagnosis_codes", "controlled_class", "notes"}, "payload")
     items = []
@@ -147,6 +128,23 @@ def decide_issue(
                 "prescriber-not-licensed",
                 f"prescriber {prescriber['actor_id']!r} is not licensed for {controlled} drugs",
             )
+    return controlled, items
+
+
+def decide_issue(
+    state: State, statement: Statement, prescriber: Document, payload: Any, *, seq: int
+) -> list[Effect]:
+    body = statement.body
+    f.only(body, {"rx_id", "patient", "valid_until", "fills_allowed", "payload_digest"}, "body")
+    rx_id = f.id_field(body, "rx_id", "body")
+    patient = f.id_field(body, "patient", "body")
+    valid_until = f.time_field(body, "valid_until", "body")
+    fills_allowed = f.int_field(body, "fills_allowed", "body", minimum=1, maximum=MAX_FILLS)
+    if valid_until <= statement.issued_at:
+        raise f.malformed("body.valid_until", "must be after issued_at")
+    privacy.refuse_if_erased(state, patient)
+    erased = payload is privacy.ERASED  # a replay of a shredded payload: the body only
+    controlled, items = (None, None) if erased else _clinical(payload, statement, prescriber)
     if state.get(RX, rx_id) is not None:
         raise RejectionError("rx-exists", f"prescription {rx_id!r} already exists")
     rx: Document = {
@@ -163,7 +161,11 @@ def decide_issue(
         "status": "active",
         "history": [seq],
     }
-    return [rx_put(rx, seq), privacy.index_rx(state, patient, rx_id, seq)]
+    effects = [rx_put(rx, seq), privacy.index_rx(state, patient, rx_id, seq)]
+    if erased:
+        rx["inputs_erased"] = True
+        effects.extend(privacy.note_inputs_erased(patient, seq))
+    return effects
 
 
 def active_rx(state: State, rx_id: str, at: str) -> Document:
@@ -306,17 +308,7 @@ def decide_dispense(state: State, statement: Statement, payload: Any, *, seq: in
         "items": lines,
     }
     effects.append(rx_put(rx, seq))
-    effects.append(
-        Put(
-            DISPENSE,
-            dispense_key(rx_id, fill),
-            dispense,
-            patient=rx["patient"],
-            party=statement.actor,
-            status="claimed" if claimed else "unclaimed",
-            seq=seq,
-        )
-    )
+    effects.append(dispense_put(dispense, seq))
     effects.extend(Put(TRACE, code, doc, seq=seq) for code, doc in sorted(traces.items()))
     return effects
 
@@ -356,15 +348,7 @@ def _dispense_erased(
     }
     return [
         rx_put(rx, seq),
-        Put(
-            DISPENSE,
-            dispense_key(rx_id, fill),
-            dispense,
-            patient=rx["patient"],
-            party=statement.actor,
-            status="claimed" if claimed else "unclaimed",
-            seq=seq,
-        ),
+        dispense_put(dispense, seq),
         *privacy.note_inputs_erased(rx["patient"], seq),
     ]
 

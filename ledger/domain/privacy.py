@@ -82,11 +82,16 @@ def holds_on(state: State, target: str) -> list[str]:
     return list(doc["holds"]) if doc else []
 
 
+def acts_for(state: State, actor: str, patient: str) -> bool:
+    """Is ``actor`` the patient, or a guardian registered for them?"""
+    if actor == patient:
+        return True
+    signer = get_actor(state, actor)
+    return signer is not None and patient in signer.get("guardian_of", [])
+
+
 def _may_act_for(state: State, statement: Statement, patient: str) -> None:
-    if statement.actor == patient:
-        return
-    signer = get_actor(state, statement.actor)
-    if signer is not None and patient in signer.get("guardian_of", []):
+    if acts_for(state, statement.actor, patient):
         return
     raise RejectionError(
         "not-your-patient",
@@ -139,17 +144,7 @@ def _scrub(state: State, rx_ids: list[str], seq: int) -> list[Effect]:
                     effects.append(Put(settlement.PAID_FILL, paid_key, {}, seq=seq, delete=True))
             scrubbed = {k: v for k, v in doc.items() if k != "inputs_erased"}
             scrubbed.update(items=None, erased_seq=seq)
-            effects.append(
-                Put(
-                    prescriptions.DISPENSE,
-                    key,
-                    scrubbed,
-                    patient=doc["patient"],
-                    party=doc["pharmacy"],
-                    status="claimed" if doc["claimed"] else "unclaimed",
-                    seq=seq,
-                )
-            )
+            effects.append(prescriptions.dispense_put(scrubbed, seq))
         effects.append(prescriptions.rx_put(_scrub_rx(rx, seq), seq))
     return effects
 

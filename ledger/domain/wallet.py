@@ -263,10 +263,7 @@ def _owner(state: State, statement: Statement, patient: str) -> None:
     """The signer must be the patient, or a guardian registered for them; and the
     patient must not have been erased."""
     privacy.refuse_if_erased(state, patient)
-    if statement.actor == patient:
-        return
-    signer = get_actor(state, statement.actor)
-    if signer is not None and patient in signer.get("guardian_of", []):
+    if privacy.acts_for(state, statement.actor, patient):
         return
     raise RejectionError(
         "not-your-consent",
