@@ -238,6 +238,7 @@ class Sequencer:
             )
         outcomes: list[Outcome | None] = [None] * len(batch)
         pending: list[_Pending] = []
+        fresh_keys: dict[str, bytes] = {}  # data keys used, cached once committed
         for i, submission in enumerate(batch):
             try:
                 self.precheck(submission)
@@ -282,12 +283,15 @@ class Sequencer:
                 return _abort_all(outcomes)
             if accepted:
                 written = list(state.pending)
-                new_head = self._write(conn, head, accepted, received_at, state)
+                new_head = self._write(
+                    conn, head, accepted, received_at, state, fresh_keys=fresh_keys
+                )
                 for item, receipt in zip(accepted, new_head, strict=True):
                     if item.index >= 0:
                         outcomes[item.index] = receipt
         if accepted:  # committed: what this batch wrote is now the state
             self._cache_commit(cache, written, new_head[0].tree_size)
+            self.vault.remember(fresh_keys)
         else:  # nothing written: the cache is as valid as before
             self._cache_commit(cache, [], head.size)
 
@@ -399,6 +403,8 @@ class Sequencer:
         accepted: list[_Pending],
         received_at: str,
         state: MemoryState,
+        *,
+        fresh_keys: dict[str, bytes],
     ) -> list[Receipt]:
         tree = merkle.MerkleAccumulator.from_frontier(
             head.size, [head.nodes[n] for n in merkle.frontier(head.size)]
@@ -439,7 +445,12 @@ class Sequencer:
                         "seq": seq,
                         "digest": payload_digest,
                         "content": self.vault.seal(
-                            conn, owner, seq, payload_digest, item.submission.payload
+                            conn,
+                            owner,
+                            seq,
+                            payload_digest,
+                            item.submission.payload,
+                            fresh=fresh_keys,
                         ),
                         "owner": owner,
                         "erased_seq": None,
@@ -470,6 +481,7 @@ class Sequencer:
                 shredded_owner, seqs = privacy.shredded_records(state, shredding)
                 if shredded_owner is not None:
                     self.vault.shred_owner(conn, shredded_owner, head.size + offset)
+                    fresh_keys.pop(shredded_owner, None)
                 self.vault.shred_records(conn, seqs, head.size + offset)
         conn.execute(insert(checkpoints).values(size=size, note=note))
         conn.execute(

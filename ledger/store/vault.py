@@ -15,11 +15,13 @@ another process's memory opens nothing.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
+from ledger.core.record import Record
 from ledger.core.sealing import (
     MasterKey,
     MasterKeyError,
@@ -28,7 +30,9 @@ from ledger.core.sealing import (
     open_payload,
     seal_payload,
 )
-from ledger.store.schema import data_keys, ledger_meta, payloads
+from ledger.domain.prescriptions import RX
+from ledger.domain.privacy import LEDGER_OWNER
+from ledger.store.schema import data_keys, ledger_meta, payloads, projections, records
 
 MASTER_KEY_META = "master_key_id"
 MAX_CACHED_KEYS = 100_000
@@ -58,6 +62,43 @@ class Vault:
                 f"the master key (id {self.master.key_id}) is not this ledger's "
                 f"(id {stored}): its data keys would not open"
             )
+        self.seal_legacy(conn)
+
+    def seal_legacy(self, conn: Connection) -> int:
+        """Seal the payloads a ledger stored in clear before migration 0003
+        (``owner`` NULL); returns how many. The owner comes from the record:
+        an issue's patient, a dispense's prescription's patient, else the ledger."""
+        rows = conn.execute(
+            select(payloads.c.seq, payloads.c.digest, payloads.c.content, records.c.record_bytes)
+            .select_from(payloads.join(records, records.c.seq == payloads.c.seq))
+            .where(
+                payloads.c.owner.is_(None),
+                payloads.c.content.is_not(None),
+                payloads.c.erased_seq.is_(None),
+            )
+            .order_by(payloads.c.seq)
+        ).all()
+        fresh: dict[str, bytes] = {}
+        for row in rows:
+            fields = Record.from_bytes(bytes(row.record_bytes)).fields
+            body = fields["body"]
+            owner = LEDGER_OWNER
+            if fields["type"] == "rx.issue":
+                owner = str(body["patient"])
+            elif fields["type"] == "rx.dispense":
+                value = conn.execute(
+                    select(projections.c.value).where(
+                        projections.c.kind == RX, projections.c.key == str(body["rx_id"])
+                    )
+                ).scalar()
+                if value is not None:
+                    owner = str(json.loads(value)["patient"])
+            seq, digest = int(row.seq), bytes(row.digest)
+            sealed = self.seal(conn, owner, seq, digest, bytes(row.content), fresh=fresh)
+            conn.execute(
+                update(payloads).where(payloads.c.seq == seq).values(content=sealed, owner=owner)
+            )
+        return len(rows)
 
     # -- data keys ----------------------------------------------------------------
 
@@ -75,12 +116,29 @@ class Vault:
         with self._lock:
             self._keys.pop(owner, None)
 
-    def data_key(self, conn: Connection, owner: str, *, create_at: int | None = None) -> bytes:
+    def remember(self, fresh: dict[str, bytes]) -> None:
+        """Cache the keys a write transaction used, once it has committed."""
+        for owner, key in fresh.items():
+            self._remember(owner, key)
+
+    def data_key(
+        self,
+        conn: Connection,
+        owner: str,
+        *,
+        create_at: int | None = None,
+        fresh: dict[str, bytes] | None = None,
+    ) -> bytes:
         """``owner``'s data key; made (and stored sealed) when ``create_at`` is a seq.
 
-        Raises :class:`SealError` when the key was shredded or never made.
+        A write transaction passes ``fresh``: the keys it reads or makes are
+        kept there, not in the shared cache, until it commits (:meth:`remember`),
+        so that a rolled-back key is never used again. Raises
+        :class:`SealError` when the key was shredded or never made.
         """
         key = self._cached(owner)
+        if key is None and fresh is not None:
+            key = fresh.get(owner)
         if key is not None:
             return key
         row = conn.execute(
@@ -99,11 +157,25 @@ class Vault:
             raise SealError(f"the data key of {owner!r} was shredded by record {row.erased_seq}")
         else:
             key = self.master.unwrap(owner, bytes(row.wrapped))
-        self._remember(owner, key)
+        if fresh is not None:
+            fresh[owner] = key
+        else:
+            self._remember(owner, key)
         return key
 
-    def seal(self, conn: Connection, owner: str, seq: int, digest: bytes, plain: bytes) -> bytes:
-        return seal_payload(self.data_key(conn, owner, create_at=seq), seq, digest, plain)
+    def seal(
+        self,
+        conn: Connection,
+        owner: str,
+        seq: int,
+        digest: bytes,
+        plain: bytes,
+        *,
+        fresh: dict[str, bytes],
+    ) -> bytes:
+        """Seal a payload in a write transaction (see :meth:`data_key` for ``fresh``)."""
+        key = self.data_key(conn, owner, create_at=seq, fresh=fresh)
+        return seal_payload(key, seq, digest, plain)
 
     def open(self, conn: Connection, owner: str, seq: int, digest: bytes, sealed: bytes) -> bytes:
         return open_payload(self.data_key(conn, owner), seq, digest, sealed)
