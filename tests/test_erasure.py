@@ -9,19 +9,25 @@ recorded for them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from cli.main import main
+from ledger.core.errors import PayloadError, RecordError
+from ledger.core.payload import ERASED
+from ledger.core.record import Record
 from ledger.core.sealing import SealError, open_payload
 from ledger.core.statement import make_statement
+from ledger.domain.replay import Replayer
 from ledger.domain.wallet import HMB
 from ledger.store.audit import replayed_projections, verify_database
+from ledger.store.reader import LedgerReader
 from ledger.store.schema import data_keys, payloads, projections
 from ledger.store.sequencer import Submission
 from tests.conftest import LedgerEnv
@@ -249,3 +255,86 @@ def test_verify_reports_the_shredded_payloads(story: Story) -> None:
     summary = json.loads(done.output.strip().splitlines()[-1])
     assert summary["payloads_shredded"] == 2
     assert summary["rules"] == "all"
+
+
+def test_after_a_shredding_the_replay_still_recomputes_a_decisions_outcome(story: Story) -> None:
+    """The replay may take history rules as recorded once it met a shredded
+    payload, but never the outcome or the amount: a decision changed to approve
+    more than its rules allow is still refused."""
+    story.request()
+    assert story.execute_cli().exit_code == 0
+    w = story.rx
+    accepted(w.submit(w.make_dispense(story.kept_rx, 2)))
+    claim_id = w.new_id("C")
+    accepted(w.submit(w.make_claim(claim_id, story.kept_rx, 2)))
+    engine = story.env.ledger.engine
+    reader = LedgerReader(engine, vault=story.env.ledger.vault)
+    items = list(reader.iter_records())
+    decision_seq = max(
+        i
+        for i, item in enumerate(items)
+        if Record.from_bytes(item.record_bytes).fields["type"] == "settlement.decision"
+    )
+
+    def replay(tamper: bool) -> None:
+        replayer = Replayer(registrar_key=story.env.registrar_vkey)
+        for item in items:
+            record = Record.from_bytes(item.record_bytes)
+            statement = record.statement()
+            if tamper and record.seq == decision_seq:
+                body = dict(statement.body, outcome="approved", approved_amount=10**9)
+                statement = dataclasses.replace(statement, body=body)
+            replayer(record.seq, statement, ERASED if item.payload_erased else item.payload)
+
+    replay(tamper=False)  # the log as it is replays
+    with pytest.raises(RecordError, match="decision-mismatch"):
+        replay(tamper=True)
+
+
+def test_an_auditor_releases_only_its_own_holds(story: Story) -> None:
+    env = story.env
+    auditor = story.wallet.register("auditor-1", "auditor")
+    other = story.wallet.register("auditor-2", "auditor")
+    place = make_statement(
+        env.registrar, "hold.place", {"hold_id": "H-R", "patient": story.gone, "reason": "audit"}
+    )
+    accepted(env.ledger.append([Submission(place)])[0])
+    mine = make_statement(
+        auditor, "hold.place", {"hold_id": "H-A", "rx_id": story.gone_rx, "reason": "audit"}
+    )
+    accepted(env.ledger.append([Submission(mine)])[0])
+    for hold_id in ("H-R", "H-A"):
+        release = make_statement(other, "hold.release", {"hold_id": hold_id})
+        refused(env.ledger.append([Submission(release)])[0], "not-your-hold")
+    accepted(
+        env.ledger.append(
+            [Submission(make_statement(auditor, "hold.release", {"hold_id": "H-A"}))]
+        )[0]
+    )
+    accepted(
+        env.ledger.append(
+            [Submission(make_statement(env.registrar, "hold.release", {"hold_id": "H-R"}))]
+        )[0]
+    )
+
+
+def test_without_the_master_key_a_dispense_cannot_be_passed_off_as_shredded(
+    story: Story, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    story.request()
+    result = story.execute_cli("--json")
+    erasure_seq = json.loads(result.output)["seq"]
+    rows = story.payload_rows()
+    kept_dispense = max(s for s, r in rows.items() if r["owner"] == story.kept)
+    with story.env.ledger.engine.begin() as conn:
+        conn.execute(
+            update(payloads)
+            .where(payloads.c.seq == kept_dispense)
+            .values(owner=story.gone, content=None, erased_seq=erasure_seq)
+        )
+    monkeypatch.delenv("RXLEDGER_MASTER_KEY")
+    monkeypatch.setenv("RXLEDGER_HOME", str(tmp_path / "nokeys"))
+    with pytest.raises(PayloadError) as caught:
+        verify_database(story.env.ledger.engine)
+    assert caught.value.seq == kept_dispense
+    assert "owner" in str(caught.value)

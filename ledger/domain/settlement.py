@@ -27,6 +27,7 @@ patient's copay taken off as ``total * (10000 - copay_bp) // 10000``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -247,8 +248,16 @@ def _prescriber_authorised(state: State, rx: Document, at: str) -> bool:
     )
 
 
-def evaluate(state: State, claim: Document) -> dict[str, Any]:
-    """The decision on ``claim``: a pure function of ledger content."""
+def evaluate(
+    state: State, claim: Document, *, recorded: Mapping[tuple[str, int], bool] | None = None
+) -> dict[str, Any]:
+    """The decision on ``claim``: a pure function of ledger content.
+
+    ``recorded`` (a replay after a shredding only): results of history rules
+    per ``(rule, item)`` taken from the recorded decision instead of computed
+    (:func:`_recorded_history`); everything else is computed as always.
+    """
+    history = recorded or {}
     dispense = state.get(DISPENSE, dispense_key(claim["rx_id"], claim["fill_number"]))
     rx = state.get(RX, claim["rx_id"])
     assert dispense is not None
@@ -310,12 +319,15 @@ def evaluate(state: State, claim: Document) -> dict[str, Any]:
                     item=n,
                     code="controlled-not-covered",
                 )
-            ok &= outcome(
-                "refill-too-soon",
-                not _too_soon(state, claim["patient"], line, at, terms["refill_threshold_pct"]),
-                item=n,
-            )
-            ok &= outcome("trace-code-settled", _trace_unsettled(state, line), item=n)
+            in_time = history.get(("refill-too-soon", n))
+            if in_time is None:
+                pct = terms["refill_threshold_pct"]
+                in_time = not _too_soon(state, claim["patient"], line, at, pct)
+            ok &= outcome("refill-too-soon", in_time, item=n)
+            unsettled = history.get(("trace-code-settled", n))
+            if unsettled is None:
+                unsettled = _trace_unsettled(state, line)
+            ok &= outcome("trace-code-settled", unsettled, item=n)
             if ok and entry is not None:
                 price = line["unit_price"]
                 if price > entry["max_unit_price"]:
@@ -385,43 +397,28 @@ def _decision_as_recorded(claim: Document, body: dict[str, Any], *, seq: int) ->
     ]
 
 
-#: rules whose result depends on earlier fills: a patient's last paid fill of a
-#: drug, and how much of a pack was settled; and the price cap, which is only
-#: looked at when those passed
-_HISTORY_RULES = frozenset({"refill-too-soon", "trace-code-settled", "unit-price-cap"})
-
-
-def _explained_by_shredding(
-    state: State, claim: Document, body: dict[str, Any], expected: dict[str, Any]
-) -> bool:
-    """Replay only: may a recorded decision differ from the replay's own because
-    earlier fills it read were shredded since? Yes when it differs only in the
-    rules that read history, and a shredded payload was met before (of this
-    patient, for refill-too-soon). The sequencer never sees shredded inputs."""
+def _recorded_history(
+    state: State, claim: Document, body: dict[str, Any]
+) -> dict[tuple[str, int], bool] | None:
+    """Replay only: the results of history rules a recorded decision may keep
+    because the fills they read were shredded since. ``trace-code-settled``
+    once the replay has met any shredded payload (a pack may be shared), and
+    ``refill-too-soon`` once it has met one of this patient's. ``None`` when
+    the replay met none: the sequencer never does, so live decisions are
+    always evaluated in full."""
     if state.peek(privacy.INPUTS_ERASED, "*") is None:
-        return False
+        return None
+    may = {"trace-code-settled"}
+    if state.peek(privacy.INPUTS_ERASED, str(claim["patient"])) is not None:
+        may.add("refill-too-soon")
     rules = body.get("rules")
-    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
-        return False
-
-    def rest(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [r for r in entries if r.get("rule") not in _HISTORY_RULES]
-
-    if rest(rules) != rest(expected["rules"]):
-        return False
-    if any(
-        body.get(k) != expected.get(k) for k in ("claim_id", "claimed_amount", "policy_version")
-    ):
-        return False
-    differing = {
-        str(r.get("rule"))
-        for r in [*rules, *expected["rules"]]
-        if (r in rules) != (r in expected["rules"])
+    if not isinstance(rules, list):
+        return None
+    return {
+        (str(r["rule"]), r["item"]): r.get("result") == "pass"
+        for r in rules
+        if isinstance(r, dict) and r.get("rule") in may and isinstance(r.get("item"), int)
     }
-    return not (
-        "refill-too-soon" in differing
-        and state.peek(privacy.INPUTS_ERASED, str(claim["patient"])) is None
-    )
 
 
 def _paid_before(state: State, claim: Document) -> bool:
@@ -478,8 +475,10 @@ def decide_decision(state: State, statement: Statement, *, seq: int) -> list[Eff
     if dispense.get("inputs_erased"):
         return _decision_as_recorded(claim, body, seq=seq)
     expected = evaluate(state, claim)
-    if body != expected and _explained_by_shredding(state, claim, body, expected):
-        expected = body  # taken as recorded; its effects follow as for any decision
+    if body != expected:
+        recorded = _recorded_history(state, claim, body)
+        if recorded:  # a replay after a shredding: history rules as recorded, the rest computed
+            expected = evaluate(state, claim, recorded=recorded)
     if body != expected:
         differing = sorted(k for k in set(body) | set(expected) if body.get(k) != expected.get(k))
         raise RejectionError(
