@@ -56,6 +56,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "conflict": 409,
     "not-found": 404,
     "payload-erased": 410,
+    "payload-unreadable": 503,
     "busy": 503,
     "not-initialized": 503,
 }

@@ -30,17 +30,25 @@ def _local_user() -> str:
 
 
 @click.command("pseudonym")
-@click.argument("identifier")
+@click.argument("identifier", required=False, default="-")
 @db_option
 def pseudonym(identifier: str, database_url: str | None) -> None:
-    """Print the pseudonym of a patient's IDENTIFIER ("-": read it from stdin)."""
+    """Print the pseudonym of a patient's IDENTIFIER.
+
+    Without IDENTIFIER (or with "-") it is read from stdin, without echo on a
+    terminal, so that a real ID number stays out of the shell history and the
+    process list.
+    """
     from ledger.access import PSEUDONYM_LOOKUP, log_access  # noqa: PLC0415
     from ledger.store.db import configured_master_key  # noqa: PLC0415
     from ledger.store.schema import ledger_meta  # noqa: PLC0415
     from ledger.store.vault import MASTER_KEY_META  # noqa: PLC0415
 
     if identifier == "-":
-        identifier = sys.stdin.readline().strip()
+        if sys.stdin.isatty():
+            identifier = getpass.getpass("identifier: ").strip()
+        else:
+            identifier = sys.stdin.readline().strip()
     master = configured_master_key()
     try:
         found = master.pseudonym(identifier)

@@ -308,11 +308,18 @@ def read_payload(
             ledger.engine, action="R", basis=REFUSED, outcome=OUTCOME_MINOR_FAILURE, **common
         )
         raise _forbidden(reader, seq)
+    if row.erased_seq is not None:
+        raise RejectionError(
+            "payload-erased",
+            f"the payload of record {seq} was shredded by record {row.erased_seq} "
+            "(erasure or retention)",
+        )
     try:
         _, plain = ledger.vault.read(ledger.engine, seq)
-    except SealError:
+    except SealError:  # not shredded, yet it does not open: the store is damaged
         raise RejectionError(
-            "payload-erased", f"the payload of record {seq} was shredded (erasure or retention)"
+            "payload-unreadable",
+            f"the payload of record {seq} does not open: the store is damaged; tell the operator",
         ) from None
     content = parse_json(plain)
     log_access(ledger.engine, action="R", basis=basis, **common)
@@ -361,9 +368,13 @@ def lookup_pseudonym(ledger: Ledger, reader: Document, identifier: str) -> str:
 
 
 def _view_basis(ledger: Ledger, reader: Document, rx: Document, at: str) -> str | None:
+    """Who may see a prescription's view: who may read its issue's payload. Not
+    "any pharmacy": prescription ids are public (in the records), so that would
+    let every pharmacy page through every active prescription. A pharmacy sees
+    one once it dispensed a fill; before, the patient shows it."""
     with ledger.engine.connect() as conn:
         state = DbState(conn, ledger.reader.head(conn).size)
-        basis = decide_basis(
+        return decide_basis(
             state,
             conn,
             reader,
@@ -373,19 +384,14 @@ def _view_basis(ledger: Ledger, reader: Document, rx: Document, at: str) -> str 
             owner=str(rx["patient"]),
             at=at,
         )
-    if basis is None and reader["role"] == "pharmacy" and rx["status"] == "active":
-        # a pharmacy is shown a prescription it is asked to dispense (the patient
-        # brings its id); logged like any read, so the patient sees who looked
-        basis = "dispensing-lookup"
-    return basis
 
 
 def read_prescription(
     ledger: Ledger, reader: Document, rx_id: str, *, now: datetime | None = None
 ) -> dict[str, Any]:
     """The prescription view (drug codes, quantities: derived from its payload) for
-    ``reader``: whoever may read its payload, or any pharmacy while it is active;
-    logged like a payload read (``what`` = ``prescription/<id>``)."""
+    ``reader``: whoever may read its payload; logged like a payload read
+    (``what`` = ``prescription/<id>``)."""
     from ledger.service import prescription_view  # noqa: PLC0415
 
     moment = now or clock()

@@ -46,7 +46,7 @@ resident identity number of the PRC (GB 11643-1999: a GB/T 2260 region code,
 the birth date, a sequence number, odd for a man, and a valid check
 character) and a name, both a function of the seed and the run tag. The demo
 registers patients as an operator would: their pseudonym is
-``ledger.vault.master.pseudonym(id_number)`` (``P-`` and 16 hex digits of an
+``ledger.vault.master.pseudonym(id_number)`` (``P-`` and 32 hex digits of an
 HMAC under the master key, ADR 0010), so the demo runs where the master key
 is, on a :class:`~ledger.service.Ledger` it opened (there is no remote mode).
 A pseudonym the ledger already knows (an earlier run's) is drawn again. The

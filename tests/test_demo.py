@@ -54,7 +54,7 @@ FAILED_RULES = (
     "days-supply-limit",
     "prescriber-not-authorised",
 )
-PSEUDONYM = re.compile(r"P-[0-9a-f]{16}")
+PSEUDONYM = re.compile(r"P-[0-9a-f]{32}")
 #: a national ID, phone or insurance number: a long run of digits as a whole value
 ID_LIKE = re.compile(r"\+?[0-9][0-9 -]{5,}[0-9Xx]")
 

@@ -6,7 +6,7 @@ gives three sub-keys (keyed BLAKE2b, one personalisation each):
 
 - the **wrap key**, which seals each owner's random 32-byte **data key**
   (XChaCha20-Poly1305, the owner's id as associated data) for storage;
-- the **pseudonym key**: a patient's pseudonym is ``P-`` and the first 16
+- the **pseudonym key**: a patient's pseudonym is ``P-`` and the first 32
   hex digits of HMAC-SHA-256 over their normalized real identifier, so the
   same patient always gets the same pseudonym and nobody without the key
   can test a guessed ID number against one;
@@ -137,11 +137,11 @@ def normalize_identifier(identifier: str) -> str:
 
 
 def pseudonym(key: bytes, identifier: str) -> str:
-    """``P-`` and 16 hex digits of HMAC-SHA-256(key, normalized identifier)."""
+    """``P-`` and 32 hex digits (128 bits) of HMAC-SHA-256(key, normalized identifier)."""
     normalized = normalize_identifier(identifier)
     if not normalized:
         raise ValueError("an empty identifier has no pseudonym")
-    return "P-" + hmac.new(key, normalized.encode(), hashlib.sha256).hexdigest()[:16]
+    return "P-" + hmac.new(key, normalized.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _payload_ad(seq: int, digest: bytes) -> bytes:

@@ -22,6 +22,7 @@ and who may read them.
 ``hold.place`` / ``hold.release`` (the registrar or an auditor)
     ``{hold_id, patient? | rx_id?, reason}`` / ``{hold_id}``: a legal hold
     keeps a patient's or one prescription's data from erasure and retention.
+    Only who placed a hold, or the registrar, releases it.
 ``audit.grant`` / ``audit.revoke`` (the registrar)
     ``{grant_id, auditor, patients: "*" | [pseudonyms], valid_from,
     valid_until}`` / ``{grant_id}``: an auditor may read those patients'
@@ -57,8 +58,9 @@ AUDITOR_GRANTS = "auditor-grants"  # per auditor: their grant ids
 #: in a replay only: a shredded payload was met for this patient (key: the
 #: pseudonym) or for anyone (key ``*``); never written by the sequencer
 INPUTS_ERASED = "inputs-erased"
-#: the owner of payloads that belong to no patient (a data use's cohort)
-LEDGER_OWNER = "ledger"
+#: the owner of payloads that belong to no patient (a data use's cohort); "#"
+#: is outside the id alphabet, so no patient can be called this
+LEDGER_OWNER = "#ledger"
 ERASURE_REASONS = ("patient-request", "legal-order")
 HOLD_REASONS = ("litigation", "investigation", "regulator-order", "audit", "other")
 #: the statements after whose record the store shreds payloads
@@ -258,6 +260,13 @@ def decide_hold(state: State, statement: Statement, *, seq: int) -> list[Effect]
         hold = state.get(HOLD, hold_id)
         if hold is None or hold["released_seq"] is not None:
             raise RejectionError("unknown-hold", f"no hold {hold_id!r} in force")
+        releaser = get_actor(state, statement.actor)
+        if statement.actor != hold["placed_by"] and (releaser or {}).get("role") != "registrar":
+            raise RejectionError(
+                "not-your-hold",
+                f"hold {hold_id!r} was placed by {hold['placed_by']!r}: only they or the "
+                "registrar may release it",
+            )
         hold.update(released_seq=seq, released_at=statement.issued_at)
         index = state.get(HOLDS, hold["target"]) or {"holds": []}
         index["holds"] = [h for h in index["holds"] if h != hold_id]

@@ -41,7 +41,7 @@ from ledger.domain.privacy import LEDGER_OWNER
 from ledger.domain.replay import Replayer, SignerReplayer
 from ledger.domain.state import State
 from ledger.store.db import WRITE, configured_master_key
-from ledger.store.reader import LedgerReader
+from ledger.store.reader import LedgerReader, ProjectionReader
 from ledger.store.schema import projections
 from ledger.store.sequencer import lock_head
 from ledger.store.state import encode
@@ -130,8 +130,9 @@ class _PayloadOwners:
     prescription. So nobody can drop a payload and call it erased.
     """
 
-    def __init__(self, state: State | None) -> None:
+    def __init__(self, state: State | None, reader: LedgerReader) -> None:
         self.state = state  # the full replay's, to find a dispense's patient
+        self.reader = reader  # without it: the prescription's issue record
         #: erased_seq -> [(seq, owner, rx_id)] still to be matched to their shredding
         self.pending: dict[int, list[tuple[int, str, str]]] = {}
 
@@ -141,7 +142,7 @@ class _PayloadOwners:
         body = fields["body"]
         if item.has_payload_row:
             owner = columns.get("payload_owner")
-            expected = self._owner(fields["type"], body)
+            expected = self._owner(fields["type"], body, shredded=item.payload_erased)
             if expected is not None and owner != expected:
                 raise PayloadError(
                     f"payload owner: expected {expected!r}, found {owner!r}", seq=seq
@@ -161,7 +162,7 @@ class _PayloadOwners:
                 f"payload shredded by record {seq}, a {kind} that does not shred it", seq=shredded
             )
 
-    def _owner(self, kind: str, body: dict[str, Any]) -> str | None:
+    def _owner(self, kind: str, body: dict[str, Any], *, shredded: bool) -> str | None:
         if kind == "rx.issue":
             return str(body.get("patient"))
         if kind == "data.use":
@@ -169,7 +170,21 @@ class _PayloadOwners:
         if kind == "rx.dispense" and self.state is not None:
             rx = self.state.peek(RX, str(body.get("rx_id")))
             return None if rx is None else str(rx["patient"])
+        if kind == "rx.dispense" and shredded:
+            # Signers only: the patient is in the prescription's issue record, which
+            # the projection points to and which the stream verifies (or verified).
+            return self._issued_to(str(body.get("rx_id")))
         return None
+
+    def _issued_to(self, rx_id: str) -> str:
+        """The patient of ``rx_id``'s issue record; a name no owner has when the
+        projections do not lead to it (so the check fails rather than passes)."""
+        rx = ProjectionReader(self.reader.engine).get(RX, rx_id)
+        if rx is not None:
+            issued = self.reader.record(int(rx["issued_seq"])).fields
+            if issued.get("type") == "rx.issue" and issued["body"].get("rx_id") == rx_id:
+                return str(issued["body"].get("patient"))
+        return f"<the patient of {rx_id}: its issue record is not found>"
 
     def finish(self) -> None:
         if self.pending:
@@ -225,7 +240,7 @@ def verify_database(
     replayer = (Replayer if vault is not None else SignerReplayer)(
         registrar_key=registrar_key or meta["registrar_vkey"]
     )
-    owners = _PayloadOwners(replayer.state if vault is not None else None)
+    owners = _PayloadOwners(replayer.state if vault is not None else None, reader)
     verifier = Verifier.from_vkey(log_key or meta["log_vkey"])
     nodes = _NodeChecker(reader)
 
