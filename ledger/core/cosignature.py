@@ -34,16 +34,18 @@ import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import nacl.exceptions
 import nacl.signing
 
 from ledger.core.checkpoint import Checkpoint
-from ledger.core.errors import CheckpointError, KeyFormatError, NoteFormatError
+from ledger.core.errors import CheckpointError, NoteFormatError
 from ledger.core.note import (
     MAX_SIGNATURES,
     SIGNATURE_PREFIX,
     Note,
+    PublicKey,
     Signer,
     UnverifiedNoteError,
     b64decode_strict,
@@ -84,14 +86,12 @@ MAX_TIMESTAMP = 2**63 - 1
 MAX_PROOF_LINES = 63
 
 _KEY_ID_SIZE = 4
-_PUBLIC_KEY_SIZE = 32
 _ED25519_SIGNATURE_SIZE = 64
 _TIMESTAMP_SIZE = 8
 #: key id || timestamp || Ed25519 signature
 _LINE_PAYLOAD_SIZE = _KEY_ID_SIZE + _TIMESTAMP_SIZE + _ED25519_SIGNATURE_SIZE
 _HASH_SIZE = 32
 
-_HEX_KEY_ID = re.compile(r"[0-9a-f]{8}")
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 
 
@@ -148,110 +148,22 @@ class Cosignature:
         return f"{SIGNATURE_PREFIX}{self.name} {_b64encode(payload)}\n"
 
 
-class WitnessVerifier:
-    """A witness's Ed25519 cosignature/v1 public key (signature type ``0x04``).
-
-    Equal and hashable by its canonical verifier key string
+class WitnessVerifier(PublicKey):
+    """A witness's Ed25519 cosignature/v1 public key (signature type ``0x04``),
     ``<name>+<hex key id>+base64(0x04 || public key)``.
+
+    A plain ``0x01`` signed-note key is refused with a hint: a witness is named
+    by its cosignature key, which ``rxledger witness keygen`` prints.
     """
 
-    __slots__ = ("_key_id", "_name", "_public_key", "_verify_key", "_vkey")
+    __slots__ = ()
 
-    def __init__(self, name: str, public_key: bytes) -> None:
-        if not isinstance(name, str) or not is_valid_key_name(name):
-            raise KeyFormatError(
-                f"witness key: invalid key name {name!r} (must be non-empty, with no spaces, "
-                "'+' or control characters)"
-            )
-        public_key = bytes(public_key)
-        self._name = name
-        self._public_key = public_key
-        self._key_id = cosignature_key_id(name, public_key)
-        try:
-            self._verify_key = nacl.signing.VerifyKey(public_key)
-        except (ValueError, TypeError, nacl.exceptions.CryptoError) as e:  # pragma: no cover
-            raise KeyFormatError(f"witness key: not an Ed25519 public key: {e}") from e
-        self._vkey = (
-            f"{name}+{self._key_id.hex()}+{_b64encode(bytes([COSIGNATURE_V1_TYPE]) + public_key)}"
-        )
-
-    @classmethod
-    def from_vkey(cls, vkey: str) -> WitnessVerifier:
-        """Parse ``<name>+<hex key id>+base64(0x04 || 32-byte public key)``.
-
-        Raises :class:`~ledger.core.errors.KeyFormatError` for a bad name, a key id
-        that is not 8 lower-case hex digits or does not match the name and key, bad
-        base64, a key that is not 32 bytes, or a type byte other than ``0x04`` (a
-        plain ``0x01`` signed-note key is refused with a hint: a witness is named by
-        its cosignature key, which ``rxledger witness keygen`` prints).
-        """
-        if not isinstance(vkey, str):
-            raise KeyFormatError(f"witness key must be a string, got {type(vkey).__name__}")
-        name, _, rest = vkey.partition("+")
-        hex_id, _, key64 = rest.partition("+")
-        if not is_valid_key_name(name):
-            raise KeyFormatError(
-                f"witness key: invalid key name {name!r} (expected <name>+<key id>+<key>)"
-            )
-        if _HEX_KEY_ID.fullmatch(hex_id) is None:
-            raise KeyFormatError(
-                f"witness key: key id must be 8 lower-case hex digits, got {hex_id!r}"
-            )
-        key = b64decode_strict(key64)
-        if not key:
-            raise KeyFormatError("witness key: key data is not base64")
-        if key[0] != COSIGNATURE_V1_TYPE:
-            hint = (
-                " (this is a plain signed-note key; a witness key has type 0x04: "
-                "`rxledger witness keygen` prints it)"
-                if key[0] == 0x01
-                else ""
-            )
-            raise KeyFormatError(
-                "witness key: unsupported signature type: expected 0x04 (Ed25519 "
-                f"cosignature/v1), got {key[0]:#04x}{hint}"
-            )
-        if len(key) != 1 + _PUBLIC_KEY_SIZE:
-            raise KeyFormatError(
-                f"witness key: Ed25519 key has wrong size: expected {_PUBLIC_KEY_SIZE} bytes, "
-                f"got {len(key) - 1}"
-            )
-        verifier = cls(name, key[1:])
-        if verifier.key_id.hex() != hex_id:
-            raise KeyFormatError(
-                "witness key: key id does not match name and key: "
-                f"expected {verifier.key_id.hex()}, got {hex_id}"
-            )
-        if verifier.vkey != vkey:
-            raise KeyFormatError(
-                f"witness key is not in canonical form: expected {verifier.vkey!r}"
-            )
-        return verifier
-
-    @classmethod
-    def from_public_key(cls, name: str, public_key: bytes) -> WitnessVerifier:
-        """The witness verifier for a raw 32-byte Ed25519 public key under ``name``."""
-        return cls(name, public_key)
-
-    @property
-    def name(self) -> str:
-        """The witness's key name (by convention a schema-less URL)."""
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        """The 4-byte cosignature/v1 key id (see :func:`cosignature_key_id`)."""
-        return self._key_id
-
-    @property
-    def public_key(self) -> bytes:
-        """The raw 32-byte Ed25519 public key."""
-        return self._public_key
-
-    @property
-    def vkey(self) -> str:
-        """The verifier key string, in its one canonical spelling."""
-        return self._vkey
+    SIGNATURE_TYPE: ClassVar[int] = COSIGNATURE_V1_TYPE
+    WHAT: ClassVar[str] = "witness key"
+    TYPE_HINT: ClassVar[str] = (
+        " (a plain signed-note key is type 0x01; a witness key has type 0x04: "
+        "`rxledger witness keygen` prints it)"
+    )
 
     def verify(self, checkpoint_text: str, signature: bytes) -> int | None:
         """Check a cosignature's ``u64 timestamp || Ed25519 signature`` on a checkpoint text.
@@ -270,17 +182,6 @@ class WitnessVerifier:
         except nacl.exceptions.BadSignatureError:
             return None
         return int(timestamp)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, WitnessVerifier):
-            return NotImplemented
-        return self._vkey == other._vkey
-
-    def __hash__(self) -> int:
-        return hash(self._vkey)
-
-    def __repr__(self) -> str:
-        return f"WitnessVerifier({self._vkey!r})"
 
 
 def witness_verifier(signer: Signer) -> WitnessVerifier:

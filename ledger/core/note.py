@@ -29,6 +29,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar, Self
 
 import nacl.exceptions
 import nacl.signing
@@ -58,6 +59,8 @@ __all__ = [
 
 #: Signature type identifier byte of plain Ed25519 signatures (c2sp.org/signed-note).
 ED25519_SIGNATURE_TYPE = 0x01
+#: the key types a verifier key string may have, for messages
+_TYPE_NAMES = {0x01: "Ed25519", 0x04: "Ed25519 cosignature/v1"}
 
 #: note.go rejects notes with more than 100 signature lines; C2SP requires at least 16.
 MAX_SIGNATURES = 100
@@ -140,7 +143,15 @@ def _check_name(name: str, what: str) -> None:
         )
 
 
-def _parse_key_fields(name: str, hex_id: str, key64: str, what: str) -> tuple[bytes, bytes]:
+def _parse_key_fields(
+    name: str,
+    hex_id: str,
+    key64: str,
+    what: str,
+    *,
+    signature_type: int = ED25519_SIGNATURE_TYPE,
+    type_hint: str = "",
+) -> tuple[bytes, bytes]:
     """Check the ``name+hexid+base64`` fields shared by vkeys and skeys.
 
     Returns ``(key id, raw key material after the type byte)``. The messages never
@@ -152,9 +163,10 @@ def _parse_key_fields(name: str, hex_id: str, key64: str, what: str) -> tuple[by
     key = b64decode_strict(key64)
     if not key:
         raise KeyFormatError(f"{what}: key data is not base64")
-    if key[0] != ED25519_SIGNATURE_TYPE:
+    if key[0] != signature_type:
         raise KeyFormatError(
-            f"{what}: unsupported signature type: expected 0x01 (Ed25519), got {key[0]:#04x}"
+            f"{what}: unsupported signature type: expected {signature_type:#04x} "
+            f"({_TYPE_NAMES.get(signature_type, 'Ed25519')}), got {key[0]:#04x}{type_hint}"
         )
     if len(key) != 1 + _PUBLIC_KEY_SIZE:
         raise KeyFormatError(
@@ -164,61 +176,78 @@ def _parse_key_fields(name: str, hex_id: str, key64: str, what: str) -> tuple[by
     return bytes.fromhex(hex_id), key[1:]
 
 
-class Verifier:
-    """An Ed25519 verifier key of c2sp.org/signed-note (note.go ``NewVerifier``).
+class PublicKey:
+    """An Ed25519 public key under a name, as a C2SP verifier key string
+    ``<name>+<hex key id>+base64(type || public key)`` of one signature type.
 
     Equal and hashable by its (canonical) verifier key string. The PyNaCl
-    ``VerifyKey`` is built once, so :meth:`verify` costs one Ed25519 check.
+    ``VerifyKey`` is built once. Subclasses set :attr:`SIGNATURE_TYPE` and add
+    what they verify: :class:`Verifier` (signed notes), and
+    ``ledger.core.cosignature.WitnessVerifier`` (cosignatures).
     """
 
     __slots__ = ("_key_id", "_name", "_public_key", "_verify_key", "_vkey")
 
+    SIGNATURE_TYPE: ClassVar[int] = ED25519_SIGNATURE_TYPE
+    #: what the key is called in messages
+    WHAT: ClassVar[str] = "verifier key"
+    #: added to the message when a key of another type is given
+    TYPE_HINT: ClassVar[str] = ""
+
     def __init__(self, name: str, public_key: bytes) -> None:
-        _check_name(name, "verifier key")
+        if not isinstance(name, str):
+            raise KeyFormatError(f"{self.WHAT}: invalid key name {name!r}")
+        _check_name(name, self.WHAT)
         public_key = bytes(public_key)
         self._name = name
         self._public_key = public_key
-        self._key_id = key_id(name, public_key)
+        self._key_id = key_id(name, public_key, self.SIGNATURE_TYPE)
         self._verify_key = nacl.signing.VerifyKey(public_key)
         self._vkey = (
-            f"{name}+{self._key_id.hex()}+"
-            f"{_b64encode(bytes([ED25519_SIGNATURE_TYPE]) + public_key)}"
+            f"{name}+{self._key_id.hex()}+{_b64encode(bytes([self.SIGNATURE_TYPE]) + public_key)}"
         )
 
     @classmethod
-    def from_vkey(cls, vkey: str) -> Verifier:
-        """Parse a verifier key ``<name>+<hex key id>+base64(0x01 || public key)``.
+    def from_vkey(cls, vkey: str) -> Self:
+        """Parse a verifier key ``<name>+<hex key id>+base64(type || public key)``.
 
         Raises :class:`~ledger.core.errors.KeyFormatError` for anything note.go's
         ``NewVerifier`` rejects: bad name, key id not 8 hex digits, bad base64, a
-        type other than Ed25519, a key that is not 32 bytes, or a key id that does
-        not match the name and key.
+        type other than :attr:`SIGNATURE_TYPE`, a key that is not 32 bytes, or a
+        key id that does not match the name and key.
 
         Stricter than note.go, it also rejects an upper-case key id, which note.go
         tolerates, so that a key has exactly one string and
-        ``Verifier.from_vkey(s).vkey == s``: the ledger compares keys as strings.
+        ``from_vkey(s).vkey == s``: the ledger compares keys as strings.
         """
         if not isinstance(vkey, str):
-            raise KeyFormatError(f"verifier key must be a string, got {type(vkey).__name__}")
+            raise KeyFormatError(f"{cls.WHAT} must be a string, got {type(vkey).__name__}")
         name, _, rest = vkey.partition("+")
         hex_id, _, key64 = rest.partition("+")
-        claimed_id, public_key = _parse_key_fields(name, hex_id, key64, "verifier key")
+        claimed_id, public_key = _parse_key_fields(
+            name,
+            hex_id,
+            key64,
+            cls.WHAT,
+            signature_type=cls.SIGNATURE_TYPE,
+            type_hint=cls.TYPE_HINT,
+        )
         verifier = cls(name, public_key)
         if verifier.key_id != claimed_id:
             raise KeyFormatError(
-                f"verifier key: key id does not match name and key: "
+                f"{cls.WHAT}: key id does not match name and key: "
                 f"expected {verifier.key_id.hex()}, got {hex_id.lower()}"
             )
         if verifier.vkey != vkey:
             raise KeyFormatError(
-                "verifier key is not in canonical form (lower-case hex key id): "
+                f"{cls.WHAT} is not in canonical form (lower-case hex key id): "
                 f"expected {verifier.vkey!r}"
             )
         return verifier
 
     @classmethod
-    def from_public_key(cls, name: str, public_key: bytes) -> Verifier:
-        """The verifier for a raw 32-byte Ed25519 public key under ``name``."""
+    def from_public_key(cls, name: str, public_key: bytes) -> Self:
+        """The key for a raw 32-byte Ed25519 public key under ``name``."""
         return cls(name, public_key)
 
     @property
@@ -228,7 +257,7 @@ class Verifier:
 
     @property
     def key_id(self) -> bytes:
-        """The 4-byte key id (see :func:`key_id`)."""
+        """The 4-byte key id (see :func:`key_id`), of :attr:`SIGNATURE_TYPE`."""
         return self._key_id
 
     @property
@@ -240,6 +269,24 @@ class Verifier:
     def vkey(self) -> str:
         """The verifier key string, in its one canonical spelling (lower-case key id)."""
         return self._vkey
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PublicKey) or type(other) is not type(self):
+            return NotImplemented
+        return self._vkey == other._vkey
+
+    def __hash__(self) -> int:
+        return hash(self._vkey)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._vkey!r})"
+
+
+class Verifier(PublicKey):
+    """An Ed25519 verifier key of c2sp.org/signed-note (note.go ``NewVerifier``):
+    signature type ``0x01``; :meth:`verify` costs one Ed25519 check."""
+
+    __slots__ = ()
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         """Whether ``signature`` is a valid raw Ed25519 signature of ``message``.
@@ -253,17 +300,6 @@ class Verifier:
         except nacl.exceptions.BadSignatureError:
             return False
         return True
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Verifier):
-            return NotImplemented
-        return self._vkey == other._vkey
-
-    def __hash__(self) -> int:
-        return hash(self._vkey)
-
-    def __repr__(self) -> str:
-        return f"Verifier({self._vkey!r})"
 
 
 class Signer:
