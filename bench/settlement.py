@@ -88,7 +88,7 @@ from ledger.core.errors import LedgerError  # noqa: E402
 from ledger.core.note import Signer  # noqa: E402
 from ledger.core.payload import seal  # noqa: E402
 from ledger.core.statement import format_time, make_statement, now  # noqa: E402
-from ledger.demo import CATALOGUE, INSURERS  # noqa: E402
+from ledger.demo import CATALOGUE, INSURERS, insurer_formulary  # noqa: E402
 from ledger.service import Ledger, init_ledger, read_key_file, write_key_file  # noqa: E402
 from ledger.store.schema import records  # noqa: E402
 from ledger.store.sequencer import Receipt, Submission  # noqa: E402
@@ -113,22 +113,6 @@ def summary(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def formulary(spec: Any) -> dict[str, dict[str, int]]:
-    """An insurer's formulary over the demo catalogue (as ``ledger.demo`` builds it)."""
-    out = {}
-    for drug in CATALOGUE:
-        if not drug.listed or drug.code in spec.excluded:
-            continue
-        if drug.controlled and not spec.controlled_allowed:
-            continue
-        out[drug.code] = {
-            "max_unit_price": drug.unit_price * spec.cap_pct // 100,
-            "max_quantity": drug.quantity * 2,
-            "max_days_supply": 7 if drug.controlled else (30 if drug.days_supply > 10 else 14),
-        }
-    return out
-
-
 class Cast:
     """The actors of a benchmark ledger and their keys (saved beside a cached ledger)."""
 
@@ -137,7 +121,7 @@ class Cast:
         self.prescribers = [Signer.from_skey(s) for s in data["prescribers"]]
         self.pharmacies = [Signer.from_skey(s) for s in data["pharmacies"]]
         self.insurers = [Signer.from_skey(s) for s in data["insurers"]]
-        self.formularies = [formulary(spec) for spec in INSURERS]
+        self.formularies = [insurer_formulary(spec) for spec in INSURERS]
 
     @property
     def tag(self) -> str:
@@ -344,7 +328,7 @@ def build(url: str, cache_dir: Path, dispenses: int) -> dict[str, Any]:
             "policy.publish",
             {
                 "version": 1,
-                "formulary": formulary(spec),
+                "formulary": insurer_formulary(spec),
                 "refill_threshold_pct": 75,
                 "copay_bp": spec.copay_bp,
                 "controlled_allowed": spec.controlled_allowed,

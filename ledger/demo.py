@@ -431,6 +431,22 @@ class _Patient:
     drugs: set[str] = field(default_factory=set)
 
 
+def insurer_formulary(spec: InsurerSpec) -> dict[str, dict[str, int]]:
+    """An insurer's formulary over :data:`CATALOGUE` (the benchmarks build the same)."""
+    out = {}
+    for drug in CATALOGUE:
+        if not drug.listed or drug.code in spec.excluded:
+            continue
+        if drug.controlled and not spec.controlled_allowed:
+            continue
+        out[drug.code] = {
+            "max_unit_price": drug.unit_price * spec.cap_pct // 100,
+            "max_quantity": drug.quantity * 2,
+            "max_days_supply": 7 if drug.controlled else (30 if drug.days_supply > 10 else 14),
+        }
+    return out
+
+
 class _World:
     def __init__(
         self,
@@ -539,7 +555,7 @@ class _World:
             )
             self.insurers.append(insurer)
             self.settlement_keys.append(settle)
-            formulary = self.formulary(spec)
+            formulary = insurer_formulary(spec)
             self.formularies.append(formulary)
             self.batch.add(
                 insurer,
@@ -554,21 +570,6 @@ class _World:
                 },
             )
         self.enrol(prescriptions)
-
-    @staticmethod
-    def formulary(spec: InsurerSpec) -> dict[str, dict[str, int]]:
-        out = {}
-        for drug in CATALOGUE:
-            if not drug.listed or drug.code in spec.excluded:
-                continue
-            if drug.controlled and not spec.controlled_allowed:
-                continue
-            out[drug.code] = {
-                "max_unit_price": drug.unit_price * spec.cap_pct // 100,
-                "max_quantity": drug.quantity * 2,
-                "max_days_supply": 7 if drug.controlled else (30 if drug.days_supply > 10 else 14),
-            }
-        return out
 
     def enrol(self, prescriptions: int) -> None:
         rng, at = self.rng, now()
