@@ -202,24 +202,58 @@ def decide_dispense(state: State, statement: Statement, payload: Any, *, seq: in
         found = get_actor(state, insurer)
         if found is None or found["role"] != "insurer":
             raise RejectionError("unknown-insurer", f"{insurer!r} is not a registered insurer")
-    if payload is privacy.ERASED:
-        return _dispense_erased(
-            state, statement, rx_id=rx_id, fill=fill, claimed=claimed, insurer=insurer, seq=seq
-        )
-    clinical = require_payload(payload, statement)
-    f.only(clinical, {"salt", "items"}, "payload")
+    erased = payload is privacy.ERASED  # a replay of a shredded payload: the body only
+    clinical = None if erased else require_payload(payload, statement)
+    if clinical is not None:
+        f.only(clinical, {"salt", "items"}, "payload")
     # A prescription whose last fill is done is ``completed``: active_rx refuses it.
     rx = active_rx(state, rx_id, statement.issued_at)
     if fill != rx["fills_done"] + 1:
         raise RejectionError(
             "fill-out-of-order", f"fill_number: expected {rx['fills_done'] + 1}, got {fill}"
         )
-    if rx.get("inputs_erased"):
+    if rx.get("inputs_erased") and not erased:
         raise RejectionError(
             "inputs-erased",
             f"prescription {rx_id!r}'s payload was shredded; its dispense's was not",
         )
-    effects: list[Effect] = []
+    lines, traces = (None, {}) if clinical is None else _lines(state, rx, fill, clinical)
+    rx["fills_done"] = fill
+    rx["history"] = [*rx["history"], seq]
+    if rx["fills_done"] >= rx["fills_allowed"] or (
+        lines is not None and all(it["dispensed"] >= it["quantity"] for it in rx["items"])
+    ):
+        rx["status"] = "completed"
+    dispense: Document = {
+        "rx_id": rx_id,
+        "fill_number": fill,
+        "pharmacy": statement.actor,
+        "patient": rx["patient"],
+        "prescriber": rx["prescriber"],
+        "dispensed_at": statement.issued_at,
+        "seq": seq,
+        "claimed": claimed,
+        "insurer": insurer,
+        "items": lines,
+    }
+    effects: list[Effect] = [rx_put(rx, seq)]
+    if erased:
+        dispense["inputs_erased"] = True
+        effects.extend(
+            [dispense_put(dispense, seq), *privacy.note_inputs_erased(rx["patient"], seq)]
+        )
+        return effects
+    effects.append(dispense_put(dispense, seq))
+    effects.extend(Put(TRACE, code, doc, seq=seq) for code, doc in sorted(traces.items()))
+    return effects
+
+
+def _lines(
+    state: State, rx: Document, fill: int, clinical: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Document]]:
+    """A dispense's lines from its payload, checked against the prescription
+    (whose items' ``dispensed`` counts it updates), and the packs they touch."""
+    rx_id = rx["rx_id"]
     lines = []
     seen_items: set[int] = set()
     traces: dict[str, Document] = {}
@@ -289,68 +323,7 @@ def decide_dispense(state: State, statement: Statement, payload: Any, *, seq: in
                 "trace_codes": codes,
             }
         )
-    rx["fills_done"] = fill
-    rx["history"] = [*rx["history"], seq]
-    if rx["fills_done"] >= rx["fills_allowed"] or all(
-        it["dispensed"] >= it["quantity"] for it in rx["items"]
-    ):
-        rx["status"] = "completed"
-    dispense: Document = {
-        "rx_id": rx_id,
-        "fill_number": fill,
-        "pharmacy": statement.actor,
-        "patient": rx["patient"],
-        "prescriber": rx["prescriber"],
-        "dispensed_at": statement.issued_at,
-        "seq": seq,
-        "claimed": claimed,
-        "insurer": insurer,
-        "items": lines,
-    }
-    effects.append(rx_put(rx, seq))
-    effects.append(dispense_put(dispense, seq))
-    effects.extend(Put(TRACE, code, doc, seq=seq) for code, doc in sorted(traces.items()))
-    return effects
-
-
-def _dispense_erased(
-    state: State,
-    statement: Statement,
-    *,
-    rx_id: str,
-    fill: int,
-    claimed: bool,
-    insurer: str | None,
-    seq: int,
-) -> list[Effect]:
-    """Replay of a dispense whose payload was shredded: the checks its body allows."""
-    rx = active_rx(state, rx_id, statement.issued_at)
-    if fill != rx["fills_done"] + 1:
-        raise RejectionError(
-            "fill-out-of-order", f"fill_number: expected {rx['fills_done'] + 1}, got {fill}"
-        )
-    rx["fills_done"] = fill
-    rx["history"] = [*rx["history"], seq]
-    if rx["fills_done"] >= rx["fills_allowed"]:
-        rx["status"] = "completed"
-    dispense: Document = {
-        "rx_id": rx_id,
-        "fill_number": fill,
-        "pharmacy": statement.actor,
-        "patient": rx["patient"],
-        "prescriber": rx["prescriber"],
-        "dispensed_at": statement.issued_at,
-        "seq": seq,
-        "claimed": claimed,
-        "insurer": insurer,
-        "items": None,
-        "inputs_erased": True,
-    }
-    return [
-        rx_put(rx, seq),
-        dispense_put(dispense, seq),
-        *privacy.note_inputs_erased(rx["patient"], seq),
-    ]
+    return lines, traces
 
 
 def decide_end(state: State, statement: Statement, *, seq: int) -> list[Effect]:
