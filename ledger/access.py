@@ -315,13 +315,15 @@ def read_payload(
             "(erasure or retention)",
         )
     try:
-        _, plain = ledger.vault.read(ledger.engine, seq)
+        found = ledger.vault.read(ledger.engine, seq)
     except SealError:  # not shredded, yet it does not open: the store is damaged
         raise RejectionError(
             "payload-unreadable",
             f"the payload of record {seq} does not open: the store is damaged; tell the operator",
         ) from None
-    content = parse_json(plain)
+    if found is None:  # shredded since it was looked up
+        raise RejectionError("payload-erased", f"the payload of record {seq} was shredded")
+    content = parse_json(found[1])
     log_access(ledger.engine, action="R", basis=basis, **common)
     return {
         "seq": seq,

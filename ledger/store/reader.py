@@ -166,13 +166,8 @@ class LedgerReader:
         checks who asks and logs the read; this is for the operator's own tools."""
         if self.vault is None:
             raise NotFoundError("payloads are sealed: reading one needs the master key")
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(payloads.c.erased_seq, payloads.c.content).where(payloads.c.seq == seq)
-            ).first()
-        if row is None or row.erased_seq is not None:
-            return None  # none, or shredded
-        return self.vault.read(self.engine, seq)[1]  # SealError: the store is damaged
+        found = self.vault.read(self.engine, seq)  # SealError: the store is damaged
+        return None if found is None else found[1]
 
     # -- proofs ------------------------------------------------------------------
 

@@ -180,21 +180,20 @@ class Vault:
     def open(self, conn: Connection, owner: str, seq: int, digest: bytes, sealed: bytes) -> bytes:
         return open_payload(self.data_key(conn, owner), seq, digest, sealed)
 
-    def read(self, engine: Engine, seq: int) -> tuple[str, bytes]:
-        """``(owner, plaintext)`` of record ``seq``'s payload; raises
-        :class:`SealError` when it was shredded or does not open."""
+    def read(self, engine: Engine, seq: int) -> tuple[str, bytes] | None:
+        """``(owner, plaintext)`` of record ``seq``'s payload, ``None`` when it has
+        none or it was shredded; raises :class:`SealError` when it does not open
+        (the store is damaged)."""
         with engine.connect() as conn:
             row = conn.execute(
                 select(
                     payloads.c.owner, payloads.c.digest, payloads.c.content, payloads.c.erased_seq
                 ).where(payloads.c.seq == seq)
             ).first()
-            if row is None:
-                raise SealError(f"record {seq} has no payload")
+            if row is None or row.erased_seq is not None:
+                return None
             if row.content is None or row.owner is None:
-                raise SealError(
-                    f"the payload of record {seq} was shredded by record {row.erased_seq}"
-                )
+                raise SealError(f"the payload of record {seq} is missing but was not shredded")
             owner = str(row.owner)
             return owner, self.open(conn, owner, seq, bytes(row.digest), bytes(row.content))
 
