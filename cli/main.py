@@ -91,6 +91,11 @@ def init(database_url: str | None, key_dir: Path | None, origin: str) -> None:
         click.echo(
             f"private keys written (mode 0600): {result.log_key_file}, {result.registrar_key_file}"
         )
+    if result.master_key_file is not None:
+        click.echo(
+            f"master key written (mode 0600): {result.master_key_file}: it seals patients' "
+            "data; back it up apart from the database (docs/privacy.md)"
+        )
 
 
 @main.command()

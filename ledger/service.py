@@ -98,6 +98,8 @@ class InitResult:
     log_key_file: Path
     registrar_key_file: Path
     created: bool
+    #: the master key file ``init`` wrote; ``None`` when a key was configured already
+    master_key_file: Path | None = None
 
 
 def is_initialized(engine: Engine) -> bool:
@@ -140,7 +142,7 @@ def init_ledger(
                     f"{path} exists but the database holds no ledger: refusing to reuse or "
                     "overwrite a key; move it away or pass another --key-dir"
                 )
-        sealing_key, _ = ensure_master_key(key_dir)
+        sealing_key, master_key_file = ensure_master_key(key_dir)
         log_signer = Signer.generate(origin)
         registrar = Signer.generate(REGISTRAR_ID)
         write_key_file(log_path, log_signer.skey)
@@ -183,6 +185,7 @@ def init_ledger(
             log_path,
             registrar_path,
             created=True,
+            master_key_file=master_key_file,
         )
     finally:
         engine.dispose()

@@ -116,6 +116,7 @@ def initialized(tmp_path: Path) -> tuple[Path, str, Path]:
     done = _run("init", "--db", url, env=_env(home))
     assert done.returncode == 0, done.stderr
     key_file = home / "keys" / "master.key"
+    assert f"master key written (mode 0600): {key_file}" in done.stdout
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     MasterKey.parse(key_file.read_text(), source="test")  # well-formed
     return home, url, key_file
