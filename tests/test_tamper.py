@@ -42,6 +42,7 @@ from ledger.core.errors import (
 from ledger.core.note import Signer, Verifier
 from ledger.core.record import Record
 from ledger.core.statement import SignedStatement, format_time, make_statement, parse_time
+from ledger.store import audit
 from ledger.store.audit import verify_database
 from ledger.store.reader import LedgerReader
 from ledger.store.schema import checkpoints, log_head, merkle_nodes, payloads, records
@@ -750,3 +751,24 @@ def test_rolled_back_tail_passes_verify_but_not_an_auditor_holding_the_old_check
     assert new_root != old_root
     with pytest.raises(RootMismatchError):
         merkle.verify_consistency(old_size, new_size, [], old_root, new_root)
+
+
+PAGED_CASES = [c for c in CASES if c[0].startswith(("merkle_nodes", "records"))]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expect"), [c[1:] for c in PAGED_CASES], ids=[c[0] for c in PAGED_CASES]
+)
+def test_tampering_is_located_when_nodes_are_compared_in_many_pages(
+    built: Built, tamper: Tamper, expect: Expect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored nodes are compared a page at a time; with pages of 4 nodes, most
+    pages are compared while records still stream, and the first bad one is named."""
+    monkeypatch.setattr(audit._NodeChecker, "PAGE", 4)
+    assert built.size > 4 * 4
+    with built.engine.begin() as conn:
+        tamper(conn, built)
+    env = built.env
+    with pytest.raises(VerificationError) as caught:
+        verify_database(built.engine, log_key=env.log_vkey, registrar_key=env.registrar_vkey)
+    expect.check(caught.value, built)

@@ -614,6 +614,34 @@ class MerkleAccumulator:
         self._size += 1
         return completed
 
+    def append_into(self, leaf_hash: bytes, levels: list[list[bytes]]) -> None:
+        """Append a leaf hash like :meth:`append`, adding the hash of each node it
+        completes to ``levels[level]`` (lists added as the tree grows a level).
+
+        For verifiers that compare every node with stored ones in bulk: the
+        node ``(level, index)`` is the ``index``-th hash ever added to
+        ``levels[level]``.
+        """
+        if len(leaf_hash) != HASH_SIZE:
+            raise EncodingError(
+                f"leaf hash has wrong size: expected {HASH_SIZE} bytes, got {len(leaf_hash)}"
+            )
+        hashes = self._hashes
+        count = self._size
+        node = leaf_hash
+        level = 0
+        while True:
+            if level == len(levels):
+                levels.append([])
+            levels[level].append(node)
+            if not count & 1:
+                break
+            node = sha256(_NODE_PREFIX + hashes.pop() + node).digest()
+            count >>= 1
+            level += 1
+        hashes.append(node)
+        self._size += 1
+
     def append_fast(self, leaf_hash: bytes) -> None:
         """Append a leaf hash like :meth:`append`, without reporting completed nodes.
 

@@ -20,6 +20,7 @@ bytes, with no re-canonicalization (and the test suite checks this equals
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -32,6 +33,7 @@ from ledger.core.statement import SignedStatement, Statement
 GENESIS_PREV = "0" * 64
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 _STATEMENT_MARK = b',"statement":'
+_RECORD_KEYS = frozenset(("seq", "prev", "received_at", "statement", "signature"))
 
 
 def record_hash(record_bytes: bytes) -> bytes:
@@ -86,13 +88,7 @@ class Record:
             obj = json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise RecordError(f"record bytes are not JSON: {e}", seq=seq_hint) from e
-        if not isinstance(obj, dict) or set(obj) != {
-            "seq",
-            "prev",
-            "received_at",
-            "statement",
-            "signature",
-        }:
+        if not isinstance(obj, dict) or obj.keys() != _RECORD_KEYS:
             raise RecordError(
                 "record must have exactly the fields seq, prev, received_at, statement, signature",
                 seq=seq_hint,
@@ -143,8 +139,10 @@ class Record:
         except EncodingError as e:
             raise RecordError(f"statement: {e}", seq=self.seq) from e
 
-    @property
+    @functools.cached_property
     def hash(self) -> bytes:
+        """SHA-256 of the record bytes (computed once: the verifier and the
+        storage checks both need it)."""
         return record_hash(self.record_bytes)
 
     @property

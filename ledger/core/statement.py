@@ -59,23 +59,33 @@ def format_time(moment: datetime) -> str:
 
 def parse_time(text: str, *, field: str = "time") -> datetime:
     """Parse an RFC 3339 UTC timestamp as written in statements and records."""
-    if not isinstance(text, str) or not _TIME_RE.fullmatch(text):
+    moment = _parsed_time(text) if isinstance(text, str) else None
+    if moment is None:
         raise EncodingError(
             f"{field}: expected RFC 3339 UTC time like 2026-11-23T08:15:00Z, got {text!r:.60}"
         )
-    moment = _fromisoformat(text)
-    if moment is None:
+    if moment is _INVALID_DATE:
         raise EncodingError(f"{field}: not a valid date and time: {text!r}")
     return moment
 
 
+#: what :func:`_parsed_time` gives for text of the right shape that is no date
+_INVALID_DATE = datetime.min.replace(tzinfo=UTC)
+
+
 @functools.lru_cache(maxsize=8192)
-def _fromisoformat(text: str) -> datetime | None:
-    """Cached: a record's times are parsed several times over as it is checked."""
+def _parsed_time(text: str) -> datetime | None:
+    """Cached: a record's times are parsed several times over as it is checked.
+
+    ``None`` when the text is not of the form; :data:`_INVALID_DATE` when it
+    is but names no date (``2026-02-30T...``).
+    """
+    if not _TIME_RE.fullmatch(text):
+        return None
     try:
         return datetime.fromisoformat(text)
     except ValueError:
-        return None
+        return _INVALID_DATE
 
 
 def instant(text: str) -> str:
@@ -110,6 +120,42 @@ def _b64decode(text: str, *, field: str, size: int) -> bytes:
     return raw
 
 
+_STATEMENT_KEYS = frozenset(STATEMENT_FIELDS)
+#: (type, actor, key) triples that passed every check of :func:`_check_signer_fields`
+#: and :func:`_check_key`; bounded, cleared when full
+_CHECKED_SIGNERS: set[tuple[str, str, str]] = set()
+_CHECKED_SIGNERS_MAX = 65536
+
+
+def _check_signer_fields(obj: dict[str, Any]) -> None:
+    """The string fields are strings; ``type`` and ``actor`` have their form."""
+    for name in ("type", "actor", "key", "issued_at", "nonce"):
+        if not isinstance(obj[name], str):
+            raise EncodingError(
+                f"statement.{name}: expected a string, got {type(obj[name]).__name__}"
+            )
+    if not _TYPE_RE.fullmatch(obj["type"]):
+        raise EncodingError(
+            f"statement.type: expected a dotted name like rx.issue, got {obj['type']!r:.60}"
+        )
+    if not _ACTOR_RE.fullmatch(obj["actor"]):
+        raise EncodingError(
+            f"statement.actor: expected 1-128 of [A-Za-z0-9._:-], got {obj['actor']!r:.60}"
+        )
+
+
+def _check_key(actor: str, key: str) -> None:
+    """``key`` is a verifier key string named for ``actor``."""
+    try:
+        verifier = verifier_for(key)
+    except KeyFormatError as e:
+        raise EncodingError(f"statement.key: {e}") from e
+    if verifier.name != actor:
+        raise EncodingError(
+            f"statement.key: key name must be the actor: expected {actor!r}, got {verifier.name!r}"
+        )
+
+
 @dataclass(frozen=True)
 class Statement:
     """The signed part of a statement; see the module docs for the field rules."""
@@ -126,52 +172,40 @@ class Statement:
         """Validate an already-parsed JSON object; raises :class:`EncodingError`."""
         if not isinstance(obj, dict):
             raise EncodingError(f"statement: expected a JSON object, got {type(obj).__name__}")
-        missing = [f for f in STATEMENT_FIELDS if f not in obj]
-        if missing:
-            raise EncodingError(f"statement: missing field(s) {', '.join(missing)}")
-        extra = sorted(set(obj) - set(STATEMENT_FIELDS))
-        if extra:
+        if obj.keys() != _STATEMENT_KEYS:
+            missing = [f for f in STATEMENT_FIELDS if f not in obj]
+            if missing:
+                raise EncodingError(f"statement: missing field(s) {', '.join(missing)}")
+            extra = sorted(set(obj) - _STATEMENT_KEYS)
             raise EncodingError(f"statement: unknown field(s) {', '.join(extra)}")
-        for name in ("type", "actor", "key", "issued_at", "nonce"):
-            if not isinstance(obj[name], str):
-                raise EncodingError(
-                    f"statement.{name}: expected a string, got {type(obj[name]).__name__}"
-                )
-        if not _TYPE_RE.fullmatch(obj["type"]):
-            raise EncodingError(
-                f"statement.type: expected a dotted name like rx.issue, got {obj['type']!r:.60}"
-            )
-        if not _ACTOR_RE.fullmatch(obj["actor"]):
-            raise EncodingError(
-                f"statement.actor: expected 1-128 of [A-Za-z0-9._:-], got {obj['actor']!r:.60}"
-            )
-        if not _NONCE_RE.fullmatch(obj["nonce"]):
-            raise EncodingError(
-                "statement.nonce: expected 16-64 characters of [A-Za-z0-9_-], "
-                f"got {obj['nonce']!r:.70}"
-            )
-        parse_time(obj["issued_at"], field="statement.issued_at")
-        try:
-            verifier = verifier_for(obj["key"])
-        except KeyFormatError as e:
-            raise EncodingError(f"statement.key: {e}") from e
-        if verifier.name != obj["actor"]:
-            raise EncodingError(
-                f"statement.key: key name must be the actor: expected {obj['actor']!r}, "
-                f"got {verifier.name!r}"
-            )
-        if not isinstance(obj["body"], dict):
-            raise EncodingError(
-                f"statement.body: expected a JSON object, got {type(obj['body']).__name__}"
-            )
-        return cls(
-            type=obj["type"],
-            actor=obj["actor"],
-            key=obj["key"],
-            issued_at=obj["issued_at"],
-            nonce=obj["nonce"],
-            body=obj["body"],
+        type_, actor, key = obj["type"], obj["actor"], obj["key"]
+        issued_at, nonce, body = obj["issued_at"], obj["nonce"], obj["body"]
+        # The signer's fields repeat from statement to statement: once a
+        # (type, actor, key) has passed every check, only the rest is checked.
+        signer = (type_, actor, key)
+        known = (
+            type(type_) is str
+            and type(actor) is str
+            and type(key) is str
+            and signer in _CHECKED_SIGNERS
         )
+        if not known or not isinstance(issued_at, str) or not isinstance(nonce, str):
+            _check_signer_fields(obj)
+        if not _NONCE_RE.fullmatch(nonce):
+            raise EncodingError(
+                f"statement.nonce: expected 16-64 characters of [A-Za-z0-9_-], got {nonce!r:.70}"
+            )
+        parse_time(issued_at, field="statement.issued_at")
+        if not known:
+            _check_key(actor, key)
+            if len(_CHECKED_SIGNERS) >= _CHECKED_SIGNERS_MAX:
+                _CHECKED_SIGNERS.clear()
+            _CHECKED_SIGNERS.add(signer)
+        if not isinstance(body, dict):
+            raise EncodingError(
+                f"statement.body: expected a JSON object, got {type(body).__name__}"
+            )
+        return cls(type=type_, actor=actor, key=key, issued_at=issued_at, nonce=nonce, body=body)
 
     def to_mapping(self) -> dict[str, Any]:
         return {

@@ -161,15 +161,15 @@ class StreamVerifier:
         origin: str,
         replay: Replay | None = None,
         max_skew_seconds: float = MAX_CLOCK_SKEW.total_seconds(),
-        on_node: Callable[[merkle.NodeId, bytes], None] | None = None,
+        nodes: list[list[bytes]] | None = None,
     ) -> None:
         self.log_key = log_key
         self.origin = origin
         self.replay = replay
         self.max_skew = max_skew_seconds
-        self.on_node = on_node
-        #: the Merkle nodes the last record completed (when ``on_node`` is set)
-        self.completed: list[tuple[merkle.NodeId, bytes]] = []
+        #: when given, the hash of every Merkle node the records complete is added
+        #: to ``nodes[level]``, in index order (see MerkleAccumulator.append_into)
+        self.nodes = nodes
         self._tree = merkle.MerkleAccumulator()
         self._head = bytes(32)
         self._last_received = ""
@@ -242,11 +242,11 @@ class StreamVerifier:
         if self.replay is not None:
             self.replay(seq, statement, ERASED if item.payload_erased else item.payload)
         data = item.record_bytes
-        if self.on_node is None:
+        if self.nodes is None:
             self._tree.append_fast(leaf_hash(data))
         else:
-            self.completed = self._tree.append(leaf_hash(data))
-        self._head = hashlib.sha256(data).digest()
+            self._tree.append_into(leaf_hash(data), self.nodes)
+        self._head = record.hash
         return record
 
     def _check_times(self, record: Record, statement: Statement) -> None:
@@ -325,7 +325,7 @@ def verify_log(
     origin: str,
     replay: Replay | None = None,
     on_record: Callable[[Record, RecordItem], None] | None = None,
-    on_node: Callable[[merkle.NodeId, bytes], None] | None = None,
+    nodes: list[list[bytes]] | None = None,
 ) -> VerifyResult:
     """Verify a whole log from record 0.
 
@@ -334,7 +334,7 @@ def verify_log(
     every record (an unsigned tail is a failure: nothing vouches for it).
     """
     start = time.perf_counter()
-    verifier = StreamVerifier(log_key=log_key, origin=origin, replay=replay, on_node=on_node)
+    verifier = StreamVerifier(log_key=log_key, origin=origin, replay=replay, nodes=nodes)
     pending = _sized(checkpoints)
     next_cp = next(pending, None)
     while next_cp is not None and next_cp[0] == 0:
@@ -345,9 +345,6 @@ def verify_log(
         record = verifier.add(item)
         if on_record is not None:
             on_record(record, item)
-        if on_node is not None:
-            for node, value in verifier.completed:
-                on_node(node, value)
         while next_cp is not None and next_cp[0] == verifier.size:
             verifier.check_checkpoint(next_cp[1])
             next_cp = next(pending, None)

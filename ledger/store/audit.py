@@ -15,14 +15,12 @@ Memory stays flat: records and nodes are read in keyset pages.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert
 
-from ledger.core import merkle
 from ledger.core.errors import (
     CheckpointError,
     MerkleNodeError,
@@ -51,46 +49,86 @@ Progress = Callable[[int], None]
 
 
 class _NodeChecker:
-    """Compares nodes as the verifier completes them with the stored ones, per level."""
+    """Compares the nodes the verifier completes with the stored ones.
+
+    The verifier adds each node's hash to :attr:`levels` (``levels[level]``);
+    :meth:`check` compares them with the stored ones a page at a time (one
+    query per level); when they differ, the first node that does is named, as
+    missing or as holding another hash. :meth:`finish` compares what is left
+    and refuses stored nodes that no record makes.
+    """
+
+    PAGE = 4096
 
     def __init__(self, reader: LedgerReader) -> None:
         self.reader = reader
-        self.levels: dict[int, Iterator[tuple[int, bytes]]] = {}
-        self.seen: dict[int, int] = {}
+        #: per level: the hashes computed and not yet compared
+        self.levels: list[list[bytes]] = []
+        #: per level: how many nodes were compared (the index of the first in ``levels``)
+        self.checked: list[int] = []
 
-    def __call__(self, node: merkle.NodeId, value: bytes) -> None:
-        level, idx = node
-        cursor = self.levels.get(level)
-        if cursor is None:
-            cursor = self.levels[level] = self.reader.iter_level(level)
-        stored = next(cursor, None)
-        if stored is None:
-            raise MerkleNodeError(
-                f"merkle node (level {level}, index {idx}) covering records from "
-                f"{idx << level}: missing from storage",
-                level=level,
-                index=idx,
-            )
-        if stored != (idx, value):
-            raise MerkleNodeError(
-                f"merkle node (level {level}, index {idx}) covering records from "
-                f"{idx << level}: expected {value.hex()}, stored (index {stored[0]}) "
-                f"{stored[1].hex()}",
-                level=level,
-                index=idx,
-            )
-        self.seen[level] = self.seen.get(level, 0) + 1
+    def check(self) -> None:
+        """Compare the nodes computed so far, once a page of them is waiting."""
+        if self.levels and len(self.levels[0]) >= self.PAGE:
+            self.flush()
+
+    def _compare(self, level: int, count: int) -> None:
+        """Compare the first ``count`` nodes computed at ``level`` and drop them."""
+        computed = self.levels[level]
+        while len(self.checked) <= level:
+            self.checked.append(0)
+        start = self.checked[level]
+        if self.reader.level_hashes(level, start, count) != computed[:count]:
+            self._name_difference(level, start, computed[:count])
+        self.checked[level] += count
+        del computed[:count]
+
+    def _name_difference(self, level: int, start: int, computed: list[bytes]) -> None:
+        stored = self.reader.level_nodes(level, start, start + len(computed))
+        for idx, value in enumerate(computed, start):
+            found = stored.get(idx)
+            if found is None:
+                raise MerkleNodeError(
+                    f"merkle node (level {level}, index {idx}) covering records from "
+                    f"{idx << level}: missing from storage",
+                    level=level,
+                    index=idx,
+                )
+            if found != value:
+                raise MerkleNodeError(
+                    f"merkle node (level {level}, index {idx}) covering records from "
+                    f"{idx << level}: expected {value.hex()}, stored {found.hex()}",
+                    level=level,
+                    index=idx,
+                )
+        raise MerkleNodeError(  # a page differs, so some node does: not reached
+            f"merkle nodes of level {level} from index {start}: stored differ from computed",
+            level=level,
+            index=start,
+        )
+
+    def flush(self, before: int | None = None) -> None:
+        """Compare every node computed so far (with ``before``: only the nodes
+        that cover records before that seq)."""
+        for level, computed in enumerate(self.levels):
+            count = len(computed)
+            if before is not None:
+                done = self.checked[level] if level < len(self.checked) else 0
+                count = max(0, min(count, (before >> level) - done))
+            if count:
+                self._compare(level, count)
 
     def finish(self) -> None:
-        for level in self.reader.node_levels():
-            cursor = self.levels.get(level) or self.reader.iter_level(level)
-            extra = next(cursor, None)
+        self.flush()
+        for level, made in [*enumerate(self.checked), (len(self.checked), None)]:
+            # nodes past those the records made; above the top level made, any node
+            extra = self.reader.first_node_from(level, made or 0, higher_levels=made is None)
             if extra is not None:
                 raise MerkleNodeError(
-                    f"merkle node (level {level}, index {extra[0]}) is stored but the "
+                    f"merkle node (level {extra[0]}, index {extra[1]}) is stored but the "
                     "records do not make it",
-                    level=level,
-                    index=extra[0],
+                    level=extra[0],
+                    index=extra[1],
                 )
 
 
@@ -101,7 +139,7 @@ def _check_columns(record: Record, item: RecordItem) -> None:
     seq = record.seq
     if columns["seq"] != seq:
         raise RecordError(f"seq column: expected {seq}, found {columns['seq']}", seq=seq)
-    digest = hashlib.sha256(item.record_bytes).digest()
+    digest = record.hash
     if columns["record_hash"] != digest:
         raise RecordError(
             f"record_hash column: expected {digest.hex()}, found {columns['record_hash'].hex()}",
@@ -249,18 +287,24 @@ def verify_database(
         _check_columns(record, item)
         owners(record, item)
         shredded += item.payload_erased
+        nodes.check()
         if on_progress is not None:
             on_progress(record.seq + 1)
 
-    result = verify_log(
-        reader.iter_records(),
-        _checked_notes(reader),
-        log_key=verifier,
-        origin=meta["origin"],
-        replay=replayer,
-        on_record=on_record,
-        on_node=nodes,
-    )
+    try:
+        result = verify_log(
+            reader.iter_records(),
+            _checked_notes(reader),
+            log_key=verifier,
+            origin=meta["origin"],
+            replay=replayer,
+            on_record=on_record,
+            nodes=nodes.levels,
+        )
+    except VerificationError as e:
+        # a node made by the records before the one that failed is named first
+        nodes.flush(before=e.seq if isinstance(e, RecordError) else None)
+        raise
     nodes.finish()
     owners.finish()
     try:

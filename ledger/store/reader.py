@@ -258,18 +258,29 @@ class LedgerReader:
         while True:
             with self.engine.connect() as conn:
                 rows = conn.execute(query.where(records.c.seq > after)).all()
-                opened = [self._opened(conn, row) for row in rows]
+                opened = [None if row[7] is None else self._opened(conn, row) for row in rows]
             for row, plain in zip(rows, opened, strict=True):
                 if isinstance(plain, PayloadError):  # raised in order: earlier records first
                     raise plain
+                seq, record_hash, actor, nonce, type_, received_at, data = row[:7]
+                payload_seq, digest, _, owner, erased_seq = row[7:]
                 yield RecordItem(
-                    record_bytes=bytes(row.record_bytes),
+                    record_bytes=bytes(data),
                     payload=plain,
-                    payload_digest=None if row.digest is None else bytes(row.digest),
-                    has_payload_row=row.payload_seq is not None,
+                    payload_digest=None if digest is None else bytes(digest),
+                    has_payload_row=payload_seq is not None,
                     payloads_complete=True,
-                    columns=_columns(row),
-                    payload_erased=row.payload_seq is not None and row.erased_seq is not None,
+                    columns={
+                        "seq": int(seq),
+                        "record_hash": bytes(record_hash),
+                        "actor": actor,
+                        "nonce": nonce,
+                        "type": type_,
+                        "received_at": received_at,
+                        "payload_owner": owner,
+                        "payload_erased_seq": None if erased_seq is None else int(erased_seq),
+                    },
+                    payload_erased=payload_seq is not None and erased_seq is not None,
                 )
             if len(rows) < page:
                 return
@@ -311,28 +322,52 @@ class LedgerReader:
                 return
             after = int(rows[-1].size)
 
-    def iter_level(self, level: int, *, page: int = 4096) -> Iterator[tuple[int, bytes]]:
-        """Stored Merkle nodes of one level, ``(idx, hash)`` in ascending ``idx``."""
-        after = -1
-        while True:
-            with self.engine.connect() as conn:
-                rows = conn.execute(
-                    select(merkle_nodes.c.idx, merkle_nodes.c.hash)
-                    .where(merkle_nodes.c.level == level, merkle_nodes.c.idx > after)
-                    .order_by(merkle_nodes.c.idx)
-                    .limit(page)
-                ).all()
-            for row in rows:
-                yield int(row.idx), bytes(row.hash)
-            if len(rows) < page:
-                return
-            after = int(rows[-1].idx)
-
-    def node_levels(self) -> list[int]:
+    def level_hashes(self, level: int, start: int, count: int) -> list[bytes]:
+        """The stored hashes of nodes ``(level, start)`` to ``(level, start + count - 1)``,
+        in ascending index; fewer than ``count`` when some are missing."""
         with self.engine.connect() as conn:
-            return sorted(
-                int(v) for v in conn.execute(select(merkle_nodes.c.level).distinct()).scalars()
-            )
+            return [
+                bytes(h)
+                for h in conn.execute(
+                    select(merkle_nodes.c.hash)
+                    .where(
+                        merkle_nodes.c.level == level,
+                        merkle_nodes.c.idx >= start,
+                        merkle_nodes.c.idx < start + count,
+                    )
+                    .order_by(merkle_nodes.c.idx)
+                ).scalars()
+            ]
+
+    def level_nodes(self, level: int, start: int, stop: int | None = None) -> dict[int, bytes]:
+        """Stored nodes of ``level`` with ``start <= idx < stop`` (no bound: to the end),
+        as ``{idx: hash}``."""
+        query = select(merkle_nodes.c.idx, merkle_nodes.c.hash).where(
+            merkle_nodes.c.level == level, merkle_nodes.c.idx >= start
+        )
+        if stop is not None:
+            query = query.where(merkle_nodes.c.idx < stop)
+        with self.engine.connect() as conn:
+            return {int(idx): bytes(h) for idx, h in conn.execute(query)}
+
+    def first_node_from(
+        self, level: int, start: int, *, higher_levels: bool = False
+    ) -> tuple[int, int] | None:
+        """``(level, idx)`` of the first stored node of ``level`` with ``idx >= start``
+        (with ``higher_levels``: the first of any level from ``level`` up), if any."""
+        where = (
+            merkle_nodes.c.level >= level
+            if higher_levels
+            else (merkle_nodes.c.level == level) & (merkle_nodes.c.idx >= start)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(merkle_nodes.c.level, merkle_nodes.c.idx)
+                .where(where)
+                .order_by(merkle_nodes.c.level, merkle_nodes.c.idx)
+                .limit(1)
+            ).first()
+        return None if row is None else (int(row.level), int(row.idx))
 
     # -- C2SP tlog-tiles -----------------------------------------------------------
 
@@ -392,19 +427,6 @@ class LedgerReader:
                 f"the log holds {len(rows)} of its {width} entries"
             )
         return tiles.encode_entry_bundle((bytes(r.record_bytes) for r in rows), first_index=start)
-
-
-def _columns(row: Any) -> dict[str, Any]:
-    return {
-        "seq": int(row.seq),
-        "record_hash": bytes(row.record_hash),
-        "actor": row.actor,
-        "nonce": row.nonce,
-        "type": row.type,
-        "received_at": row.received_at,
-        "payload_owner": row.owner,
-        "payload_erased_seq": None if row.erased_seq is None else int(row.erased_seq),
-    }
 
 
 class ProjectionReader:
