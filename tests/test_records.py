@@ -7,6 +7,7 @@ and attack them: flipped bytes, broken links, back-dating, forged checkpoints.
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -140,6 +141,28 @@ def test_record_bytes_are_the_jcs_of_the_record(body: dict[str, Any], seq: int) 
     parsed = Record.from_bytes(record.record_bytes, expected_seq=seq)
     assert parsed.statement_bytes == signed.signed_bytes
     assert parsed.statement() == signed.statement
+    # Canonical bytes take the short path (only the statement goes through the
+    # JSON parser); the same record spelt otherwise takes the full parse, and
+    # both give the same record.
+    assert Record._from_canonical(record.record_bytes, seq) == parsed
+    spelt_otherwise = (
+        (
+            f'{{"seq":{seq},"prev":"{"ab" * 32}","received_at":"{format_time(T0)}",'
+            f'"signature":"{signed.signature_b64}","statement":'
+        ).encode()
+        + signed.signed_bytes
+        + b"}"
+    )
+    assert json.loads(spelt_otherwise) == as_object
+    assert Record._from_canonical(spelt_otherwise, seq) is None
+    full = Record.from_bytes(spelt_otherwise, expected_seq=seq)
+    assert (full.seq, full.prev, full.received_at, full.signature, full.fields) == (
+        parsed.seq,
+        parsed.prev,
+        parsed.received_at,
+        parsed.signature,
+        parsed.fields,
+    )
 
 
 def test_statement_signature_is_over_its_jcs_bytes() -> None:

@@ -71,9 +71,12 @@ def checkpoint_head(checkpoint: Checkpoint) -> bytes | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RecordItem:
     """A record as a source yields it, with its payload when the source has one.
+
+    Read-only by convention (not frozen: one is made per record verified, and
+    a frozen dataclass costs twice as much to make).
 
     ``payload`` is ``None`` when the source holds no payload for the record;
     ``payload_digest`` is the digest the source stored beside it (if any).

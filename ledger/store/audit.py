@@ -68,9 +68,11 @@ class _NodeChecker:
         self.checked: list[int] = []
 
     def check(self) -> None:
-        """Compare the nodes computed so far, once a page of them is waiting."""
-        if self.levels and len(self.levels[0]) >= self.PAGE:
-            self.flush()
+        """Compare the nodes of each level of which a page is waiting."""
+        for level, computed in enumerate(self.levels):
+            if len(computed) < self.PAGE:
+                return  # a level fills half as fast as the one below it
+            self._compare(level, len(computed))
 
     def _compare(self, level: int, count: int) -> None:
         """Compare the first ``count`` nodes computed at ``level`` and drop them."""

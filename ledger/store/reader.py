@@ -255,36 +255,43 @@ class LedgerReader:
             .limit(page)
         )
         after = start - 1
-        while True:
-            with self.engine.connect() as conn:
+        with self.engine.connect() as conn:
+            while True:
                 rows = conn.execute(query.where(records.c.seq > after)).all()
                 opened = [None if row[7] is None else self._opened(conn, row) for row in rows]
-            for row, plain in zip(rows, opened, strict=True):
-                if isinstance(plain, PayloadError):  # raised in order: earlier records first
-                    raise plain
-                seq, record_hash, actor, nonce, type_, received_at, data = row[:7]
-                payload_seq, digest, _, owner, erased_seq = row[7:]
-                yield RecordItem(
-                    record_bytes=bytes(data),
-                    payload=plain,
-                    payload_digest=None if digest is None else bytes(digest),
-                    has_payload_row=payload_seq is not None,
-                    payloads_complete=True,
-                    columns={
-                        "seq": int(seq),
-                        "record_hash": bytes(record_hash),
-                        "actor": actor,
-                        "nonce": nonce,
-                        "type": type_,
-                        "received_at": received_at,
-                        "payload_owner": owner,
-                        "payload_erased_seq": None if erased_seq is None else int(erased_seq),
-                    },
-                    payload_erased=payload_seq is not None and erased_seq is not None,
-                )
-            if len(rows) < page:
-                return
-            after = int(rows[-1].seq)
+                conn.rollback()  # no read transaction held while the page is consumed
+                yield from self._items(rows, opened)
+                if len(rows) < page:
+                    return
+                after = int(rows[-1].seq)
+
+    @staticmethod
+    def _items(
+        rows: Sequence[Any], opened: list[bytes | PayloadError | None]
+    ) -> Iterator[RecordItem]:
+        for row, plain in zip(rows, opened, strict=True):
+            if isinstance(plain, PayloadError):  # raised in order: earlier records first
+                raise plain
+            seq, record_hash, actor, nonce, type_, received_at, data = row[:7]
+            payload_seq, digest, _, owner, erased_seq = row[7:]
+            yield RecordItem(
+                record_bytes=bytes(data),
+                payload=plain,
+                payload_digest=None if digest is None else bytes(digest),
+                has_payload_row=payload_seq is not None,
+                payloads_complete=True,
+                columns={
+                    "seq": int(seq),
+                    "record_hash": bytes(record_hash),
+                    "actor": actor,
+                    "nonce": nonce,
+                    "type": type_,
+                    "received_at": received_at,
+                    "payload_owner": owner,
+                    "payload_erased_seq": None if erased_seq is None else int(erased_seq),
+                },
+                payload_erased=payload_seq is not None and erased_seq is not None,
+            )
 
     def _opened(self, conn: Connection, row: Any) -> bytes | PayloadError | None:
         """The plaintext of a payload row, checked to be sealed or shredded as it says."""
@@ -326,18 +333,16 @@ class LedgerReader:
         """The stored hashes of nodes ``(level, start)`` to ``(level, start + count - 1)``,
         in ascending index; fewer than ``count`` when some are missing."""
         with self.engine.connect() as conn:
-            return [
-                bytes(h)
-                for h in conn.execute(
-                    select(merkle_nodes.c.hash)
-                    .where(
-                        merkle_nodes.c.level == level,
-                        merkle_nodes.c.idx >= start,
-                        merkle_nodes.c.idx < start + count,
-                    )
-                    .order_by(merkle_nodes.c.idx)
-                ).scalars()
-            ]
+            rows = conn.execute(
+                select(merkle_nodes.c.hash)
+                .where(
+                    merkle_nodes.c.level == level,
+                    merkle_nodes.c.idx >= start,
+                    merkle_nodes.c.idx < start + count,
+                )
+                .order_by(merkle_nodes.c.idx)
+            ).all()
+        return [bytes(h) for (h,) in rows]
 
     def level_nodes(self, level: int, start: int, stop: int | None = None) -> dict[int, bytes]:
         """Stored nodes of ``level`` with ``start <= idx < stop`` (no bound: to the end),
