@@ -25,6 +25,7 @@ from ledger.core.note import Signer, Verifier
 from ledger.core.statement import SignedStatement, format_time, make_statement
 from ledger.domain.rules import decide
 from ledger.domain.state import MemoryState
+from ledger.store import sequencer
 from ledger.store.audit import verify_database
 from ledger.store.schema import checkpoints, records
 from ledger.store.sequencer import MAX_BATCH, MAX_STATEMENT, Receipt, Submission
@@ -170,6 +171,38 @@ def test_a_refusal_in_the_middle_of_a_batch_does_not_move_later_seqs(
         s.signed_bytes for s in good
     ]
     verify_database(env.ledger.engine)
+
+
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_a_large_batch_is_prechecked_on_threads_with_each_refusal_in_its_place(
+    ledger_env: LedgerEnv, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """Signatures of a large batch are checked a slice per thread; whatever the
+    slicing, every outcome lands at its own index and the seqs follow in order."""
+    monkeypatch.setattr(sequencer, "_precheck_threads", lambda: threads)
+    env = ledger_env
+    impostor = Signer.generate("registrar")
+    bad_at = {0, 33, 34, 99, 150, 199}
+    batch = [
+        with_signature_of(attest(env.registrar), impostor) if i in bad_at else attest(env.registrar)
+        for i in range(200)
+    ]
+    expected: list[int | str] = []
+    seq = 1
+    for i in range(len(batch)):
+        if i in bad_at:
+            expected.append("bad-signature")
+        else:
+            expected.append(seq)
+            seq += 1
+
+    outcomes = env.ledger.append([Submission(s) for s in batch])
+
+    assert [o.seq if isinstance(o, Receipt) else o.code for o in outcomes] == expected
+    assert [env.ledger.reader.record(o.seq).statement_bytes for o in outcomes[1:4]] == [
+        s.signed_bytes for s in batch[1:4]
+    ]
+    assert verify_database(env.ledger.engine).size == 1 + 200 - len(bad_at)
 
 
 # --- keys -------------------------------------------------------------------------

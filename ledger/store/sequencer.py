@@ -27,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -64,6 +66,37 @@ from ledger.store.vault import Vault
 
 log = logging.getLogger("rxledger.sequencer")
 MAX_BATCH = 1000
+#: a batch is prechecked on several threads when each gets at least this many statements
+PARALLEL_PRECHECK_MIN = 32
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    global _pool, _pool_lock  # noqa: PLW0603
+    _pool = None  # a forked child has none of its parent's threads
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _precheck_threads() -> int:
+    return os.cpu_count() or 1
+
+
+def _precheck_pool() -> ThreadPoolExecutor:
+    """The threads every sequencer of the process shares for signature checks."""
+    global _pool  # noqa: PLW0603 - one pool per process, made when first needed
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=_precheck_threads(), thread_name_prefix="rxledger-precheck"
+            )
+        return _pool
+
+
 MAX_CACHED_DOCS = 200_000
 MAX_PAYLOAD = 256 * 1024
 #: the largest statement (its signed bytes): with the record's own fields
@@ -214,6 +247,31 @@ class Sequencer:
                 f"got {committed!r:.80}",
             )
 
+    def _prechecks(self, batch: Sequence[Submission]) -> list[RejectionError | None]:
+        """:meth:`precheck` of each submission: the refusal, or ``None``.
+
+        A large batch is checked on several threads, a slice each: the
+        Ed25519 checks are most of the work, and PyNaCl lets go of the GIL
+        while it does them, so the cores share them (``docs/design/sequencing.md``).
+        """
+        threads = min(_precheck_threads(), len(batch) // PARALLEL_PRECHECK_MIN)
+        if threads < 2:
+            return self._precheck_slice(batch)
+        step = -(-len(batch) // threads)
+        slices = [batch[i : i + step] for i in range(0, len(batch), step)]
+        return [r for part in _precheck_pool().map(self._precheck_slice, slices) for r in part]
+
+    def _precheck_slice(self, batch: Sequence[Submission]) -> list[RejectionError | None]:
+        results: list[RejectionError | None] = []
+        for submission in batch:
+            try:
+                self.precheck(submission)
+            except RejectionError as e:
+                results.append(e)
+            else:
+                results.append(None)
+        return results
+
     def check_skew(self, statement: Statement, at: datetime) -> None:
         """Refuse a statement issued more than ``max_skew`` from the ledger's time ``at``."""
         issued = parse_time(statement.issued_at, field="statement.issued_at")
@@ -236,16 +294,9 @@ class Sequencer:
             raise RejectionError(
                 "batch-too-large", f"a batch holds at most {MAX_BATCH} statements, got {len(batch)}"
             )
-        outcomes: list[Outcome | None] = [None] * len(batch)
-        pending: list[_Pending] = []
+        outcomes: list[Outcome | None] = list(self._prechecks(batch))
+        pending = [_Pending(i, s) for i, s in enumerate(batch) if outcomes[i] is None]
         fresh_keys: dict[str, bytes] = {}  # data keys used, cached once committed
-        for i, submission in enumerate(batch):
-            try:
-                self.precheck(submission)
-            except RejectionError as e:
-                outcomes[i] = e
-            else:
-                pending.append(_Pending(i, submission))
         if atomic and any(outcomes):
             return _abort_all(outcomes)
 
