@@ -10,6 +10,7 @@ named; an inconsistency also writes its evidence), 2 usage or I/O error.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -141,6 +142,13 @@ def _quorum(witnesses: tuple[str, ...], quorum: int | None) -> int:
     default=None,
     help="Where to write evidence of an inconsistent log (default: next to --state).",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --db: threads checking signatures beside the one reading and replaying "
+    "(default: one per CPU; 1 checks them in line).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def verify(
@@ -156,6 +164,7 @@ def verify(
     witnesses: tuple[str, ...],
     quorum: int | None,
     evidence: Path | None,
+    jobs: int | None,
     as_json: bool,
 ) -> None:
     """Verify a ledger: every record, signature, rule, Merkle node and checkpoint.
@@ -177,6 +186,8 @@ def verify(
         raise Failure(f"give one source to verify, not {' and '.join(sources)}")
     if state_file is not None and url is None:
         raise Failure("--state goes with --url (remote, incremental verification)")
+    if jobs is not None and sources and sources != ["--db"]:
+        raise Failure(f"--jobs goes with --db, not {sources[0]}")
     needed = _quorum(witnesses, quorum)
     progress = Progress(0, enabled=not as_json and sys.stderr.isatty())
     try:
@@ -209,6 +220,7 @@ def verify(
                 witnesses=witnesses,
                 quorum=needed,
                 progress=progress,
+                jobs=jobs if jobs is not None else (os.cpu_count() or 1),
             )
     except VerificationError as e:
         progress.close()
@@ -239,6 +251,7 @@ def _verify_db(
     witnesses: tuple[str, ...],
     quorum: int,
     progress: Progress,
+    jobs: int,
 ) -> tuple[dict[str, Any], str]:
     from ledger.bundle import check_quorum  # noqa: PLC0415
     from ledger.store.audit import verify_database  # noqa: PLC0415
@@ -249,7 +262,11 @@ def _verify_db(
         reader = LedgerReader(engine)
         progress.total = reader.count_records()
         result = verify_database(
-            engine, log_key=log_key, registrar_key=registrar_key, on_progress=progress
+            engine,
+            log_key=log_key,
+            registrar_key=registrar_key,
+            on_progress=progress,
+            workers=jobs,
         )
         valid = check_quorum(reader.latest_checkpoint_cosigned(), witnesses, quorum)
     finally:
@@ -264,6 +281,7 @@ def _verify_db(
         "records_per_second": round(result.rate, 1),
         "rules": result.rules,
         "payloads_shredded": result.shredded,
+        "jobs": jobs,
     }
     if witnesses:
         summary["witnesses"] = valid

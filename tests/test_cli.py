@@ -196,6 +196,27 @@ def test_verify_passes_on_a_good_ledger(cli: Cli) -> None:
     assert summary["checkpoints_verified"] == 4  # sizes 0, 1, 3 and 6
 
 
+def test_verify_jobs_checks_signatures_on_threads_with_the_same_result(cli: Cli) -> None:
+    initialized(cli)
+    grow(cli, [2, 3])
+
+    results = {jobs: cli("verify", "--json", "--jobs", jobs) for jobs in ("1", "3")}
+
+    for jobs, result in results.items():
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["jobs"] == int(jobs)
+    one, three = (json.loads(r.stdout) for r in results.values())
+    assert one["tree_size"] == three["tree_size"] == 6
+    assert one["root_hash"] == three["root_hash"]
+    zero = cli("verify", "--jobs", "0")
+    assert zero.exit_code == 2 and "Invalid value for '--jobs'" in zero.stderr
+    bundle = cli.keys.parent / "b.rxlb"
+    assert cli("export", "--out", str(bundle)).exit_code == 0
+    assert "--jobs goes with --db" in one_line_error(
+        cli("verify", "--bundle", str(bundle), "--jobs", "2", db=False), 2
+    )
+
+
 def _corrupt_digest(data: bytes) -> bytes:
     """Change one hex digit of the attested digest: same length, still JSON."""
     at = data.index(b'"digest":"') + len(b'"digest":"')

@@ -42,6 +42,7 @@ from ledger.core.errors import (
 from ledger.core.note import Signer, Verifier
 from ledger.core.record import Record
 from ledger.core.statement import SignedStatement, format_time, make_statement, parse_time
+from ledger.core.verify import _DeferredSignatures
 from ledger.store import audit
 from ledger.store.audit import verify_database
 from ledger.store.reader import LedgerReader
@@ -753,22 +754,30 @@ def test_rolled_back_tail_passes_verify_but_not_an_auditor_holding_the_old_check
         merkle.verify_consistency(old_size, new_size, [], old_root, new_root)
 
 
-PAGED_CASES = [c for c in CASES if c[0].startswith(("merkle_nodes", "records"))]
-
-
-@pytest.mark.parametrize(
-    ("tamper", "expect"), [c[1:] for c in PAGED_CASES], ids=[c[0] for c in PAGED_CASES]
-)
-def test_tampering_is_located_when_nodes_are_compared_in_many_pages(
-    built: Built, tamper: Tamper, expect: Expect, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize(("tamper", "expect"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_tampering_is_located_in_small_pages_and_chunks(
+    built: Built,
+    tamper: Tamper,
+    expect: Expect,
+    workers: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Stored nodes are compared a page at a time; with pages of 4 nodes, most
-    pages are compared while records still stream, and the first bad one is named."""
+    """Stored nodes are compared a page at a time, and signatures checked on
+    threads a chunk at a time; with pages of 4 nodes and chunks of 3
+    signatures, most are checked while records still stream, and the same
+    first bad thing is named."""
     monkeypatch.setattr(audit._NodeChecker, "PAGE", 4)
+    monkeypatch.setattr(_DeferredSignatures, "CHUNK", 3)
     assert built.size > 4 * 4
     with built.engine.begin() as conn:
         tamper(conn, built)
     env = built.env
     with pytest.raises(VerificationError) as caught:
-        verify_database(built.engine, log_key=env.log_vkey, registrar_key=env.registrar_vkey)
+        verify_database(
+            built.engine,
+            log_key=env.log_vkey,
+            registrar_key=env.registrar_vkey,
+            workers=workers,
+        )
     expect.check(caught.value, built)

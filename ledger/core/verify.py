@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -154,6 +155,57 @@ class VerifyResult:
         return self.size / self.seconds if self.seconds > 0 else 0.0
 
 
+#: (seq, verifier, signed bytes, signature) of one record whose signature waits
+_SignatureCheck = tuple[int, Verifier, bytes, bytes]
+
+
+def _first_bad(checks: list[_SignatureCheck]) -> int | None:
+    """The seq of the first record in ``checks`` whose signature does not verify."""
+    for seq, verifier, message, signature in checks:
+        if not verifier.verify(message, signature):
+            return seq
+    return None
+
+
+class _DeferredSignatures:
+    """Statement signatures checked a chunk at a time, the chunk split over threads.
+
+    PyNaCl lets go of the GIL during an Ed25519 check, so the threads check
+    their slices of a chunk at once while the caller waits. (Overlapping the
+    checks with the caller's own parsing gains little: each check needs the
+    GIL back, which the busy caller holds.) :meth:`settle` checks what is
+    waiting (for the records before a seq) and raises for the first bad one.
+    """
+
+    CHUNK = 512
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rxledger-verify")
+        self.workers = workers
+        self.chunk: list[_SignatureCheck] = []
+
+    def add(self, check: _SignatureCheck) -> None:
+        self.chunk.append(check)
+        if len(self.chunk) >= self.CHUNK:
+            self.settle()
+
+    def settle(self, before: int | None = None) -> None:
+        """Check every waiting signature (of the records before seq ``before``)."""
+        mine = [c for c in self.chunk if before is None or c[0] < before]
+        if not mine:
+            return
+        self.chunk = self.chunk[len(mine) :]
+        step = -(-len(mine) // self.workers)
+        slices = [mine[i : i + step] for i in range(0, len(mine), step)]
+        for checks, bad in zip(slices, self.pool.map(_first_bad, slices), strict=True):
+            if bad is not None:
+                key = next(c[1].vkey for c in checks if c[0] == bad)
+                raise RecordError(f"statement signature does not verify under key {key}", seq=bad)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class StreamVerifier:
     """Verifies records as they stream by. See the module docs for the checks."""
 
@@ -165,6 +217,7 @@ class StreamVerifier:
         replay: Replay | None = None,
         max_skew_seconds: float = MAX_CLOCK_SKEW.total_seconds(),
         nodes: list[list[bytes]] | None = None,
+        workers: int = 1,
     ) -> None:
         self.log_key = log_key
         self.origin = origin
@@ -178,6 +231,11 @@ class StreamVerifier:
         self._last_received = ""
         self.checkpoints_verified = 0
         self.last_checkpoint_size = -1
+        #: with ``workers > 1``, signatures are checked on that many threads and
+        #: settled before any error after them is raised, before each checkpoint
+        #: is accepted, and by :meth:`settle`; call :meth:`close` when done
+        self._deferred = _DeferredSignatures(workers) if workers > 1 else None
+        self._signed = -1  # the last seq whose signature check was deferred
 
     @classmethod
     def resume(
@@ -227,6 +285,20 @@ class StreamVerifier:
         if isinstance(item, bytes):
             item = RecordItem(item)
         seq = self._tree.size
+        if self._deferred is None:
+            return self._add(item, seq)
+        try:
+            return self._add(item, seq)
+        except VerificationError as e:
+            # a bad signature of a record before it (of this one too, when the
+            # error came after its signature check) is named first
+            before = seq + 1 if self._signed == seq else seq
+            if isinstance(e, RecordError) and e.seq is not None and e.seq < seq:
+                before = e.seq  # a chunk's check failed just now: it is the first
+            self._deferred.settle(before)
+            raise
+
+    def _add(self, item: RecordItem, seq: int) -> Record:
         record = Record.from_bytes(item.record_bytes, expected_seq=seq)
         expected_prev = self._head.hex() if seq else GENESIS_PREV
         if record.prev != expected_prev:
@@ -237,7 +309,10 @@ class StreamVerifier:
             verifier = verifier_for(statement.key)
         except KeyFormatError as e:
             raise RecordError(f"statement.key: {e}", seq=seq) from e
-        if not verifier.verify(record.statement_bytes, record.signature):
+        if self._deferred is not None:
+            self._deferred.add((seq, verifier, record.statement_bytes, record.signature))
+            self._signed = seq
+        elif not verifier.verify(record.statement_bytes, record.signature):
             raise RecordError(
                 f"statement signature does not verify under key {statement.key}", seq=seq
             )
@@ -251,6 +326,17 @@ class StreamVerifier:
             self._tree.append_into(leaf_hash(data), self.nodes)
         self._head = record.hash
         return record
+
+    def settle(self, before: int | None = None) -> None:
+        """Wait for the signature checks still running (those of the records
+        before seq ``before``); raise for the first that failed."""
+        if self._deferred is not None:
+            self._deferred.settle(before)
+
+    def close(self) -> None:
+        """Stop the signature threads (``workers > 1``)."""
+        if self._deferred is not None:
+            self._deferred.close()
 
     def _check_times(self, record: Record, statement: Statement) -> None:
         try:
@@ -296,7 +382,11 @@ class StreamVerifier:
                 raise PayloadError(f"payload digest: expected {committed}, found {actual}", seq=seq)
 
     def check_checkpoint(self, note: str) -> Checkpoint:
-        """Verify a signed checkpoint for the current size against the recomputed tree."""
+        """Verify a signed checkpoint for the current size against the recomputed tree.
+
+        Every record before it has its signature checked first.
+        """
+        self.settle()
         try:
             checkpoint, _ = open_checkpoint(note, origin=self.origin, verifier=self.log_key)
         except LedgerError as e:
@@ -329,15 +419,45 @@ def verify_log(
     replay: Replay | None = None,
     on_record: Callable[[Record, RecordItem], None] | None = None,
     nodes: list[list[bytes]] | None = None,
+    workers: int = 1,
 ) -> VerifyResult:
     """Verify a whole log from record 0.
 
     ``checkpoints`` are signed checkpoint notes in ascending size; each is
     checked when the stream reaches its size, and the last one must cover
     every record (an unsigned tail is a failure: nothing vouches for it).
+
+    ``workers > 1`` checks the statement signatures on that many threads while
+    this one parses and replays; the result, and the first error named, are
+    the same as with one.
     """
     start = time.perf_counter()
-    verifier = StreamVerifier(log_key=log_key, origin=origin, replay=replay, nodes=nodes)
+    verifier = StreamVerifier(
+        log_key=log_key, origin=origin, replay=replay, nodes=nodes, workers=workers
+    )
+    try:
+        _stream(verifier, records, checkpoints, on_record)
+    except VerificationError as e:
+        if not isinstance(e, RecordError):
+            verifier.settle()  # a bad signature before a checkpoint's problem comes first
+        raise
+    finally:
+        verifier.close()
+    return VerifyResult(
+        size=verifier.size,
+        root=verifier.root(),
+        head=verifier.head,
+        checkpoints_verified=verifier.checkpoints_verified,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _stream(
+    verifier: StreamVerifier,
+    records: Iterable[RecordItem | bytes],
+    checkpoints: Iterable[str],
+    on_record: Callable[[Record, RecordItem], None] | None,
+) -> None:
     pending = _sized(checkpoints)
     next_cp = next(pending, None)
     while next_cp is not None and next_cp[0] == 0:
@@ -347,10 +467,15 @@ def verify_log(
         item = RecordItem(given) if isinstance(given, bytes) else given
         record = verifier.add(item)
         if on_record is not None:
-            on_record(record, item)
+            try:
+                on_record(record, item)
+            except VerificationError:
+                verifier.settle(before=record.seq + 1)  # a bad signature up to it comes first
+                raise
         while next_cp is not None and next_cp[0] == verifier.size:
             verifier.check_checkpoint(next_cp[1])
             next_cp = next(pending, None)
+    verifier.settle()
     if next_cp is not None:
         raise CheckpointError(
             f"checkpoint claims size {next_cp[0]}, but the log has only {verifier.size} records"
@@ -359,13 +484,6 @@ def verify_log(
         raise CheckpointError(
             f"no signed checkpoint covers the last records: log has {verifier.size} records"
         )
-    return VerifyResult(
-        size=verifier.size,
-        root=verifier.root(),
-        head=verifier.head,
-        checkpoints_verified=verifier.checkpoints_verified,
-        seconds=time.perf_counter() - start,
-    )
 
 
 def _sized(notes: Iterable[str]) -> Iterator[tuple[int, str]]:

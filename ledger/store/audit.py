@@ -250,6 +250,7 @@ def verify_database(
     registrar_key: str | None = None,
     on_progress: Progress | None = None,
     master_key: MasterKey | None = None,
+    workers: int = 1,
 ) -> VerifyResult:
     """Verify the whole log in ``engine``. Trust anchors default to the stored ones.
 
@@ -262,6 +263,8 @@ def verify_database(
     other check still runs and the replay checks signers only
     (``result.rules == "signers"``). Records whose payload was shredded are
     counted in ``result.shredded`` (``docs/privacy.md``).
+
+    ``workers > 1`` checks signatures on that many threads (see ``verify_log``).
     """
     if master_key is None:
         try:
@@ -302,6 +305,7 @@ def verify_database(
             replay=replayer,
             on_record=on_record,
             nodes=nodes.levels,
+            workers=workers,
         )
     except VerificationError as e:
         # a node made by the records before the one that failed is named first
