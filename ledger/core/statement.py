@@ -95,6 +95,8 @@ def instant(text: str) -> str:
     instant; the domain compares only such normalized strings.
     """
     parse_time(text)  # validates (raises with the message); the rest is string work
+    if len(text) == 24:  # milliseconds, as format_time writes: the usual case
+        return text[:23] + "000Z"
     base, _, fraction = text[:-1].partition(".")
     return f"{base}.{fraction.ljust(6, '0')}Z"
 
@@ -205,7 +207,7 @@ class Statement:
             raise EncodingError(
                 f"statement.body: expected a JSON object, got {type(body).__name__}"
             )
-        return cls(type=type_, actor=actor, key=key, issued_at=issued_at, nonce=nonce, body=body)
+        return cls(type_, actor, key, issued_at, nonce, body)  # positional: made per record
 
     def to_mapping(self) -> dict[str, Any]:
         return {

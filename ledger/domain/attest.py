@@ -15,13 +15,14 @@ from ledger.core.statement import Statement
 from ledger.domain.state import Effect, State
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_FIELDS = frozenset(("digest", "payload_digest"))
 
 
 def decide_attest(state: State, statement: Statement) -> list[Effect]:
     del state  # stateless beyond authorization
     body = statement.body
-    extra = sorted(set(body) - {"digest", "payload_digest"})
-    if extra:
+    if not body.keys() <= _FIELDS:
+        extra = sorted(set(body) - _FIELDS)
         raise RejectionError("malformed-body", f"body: unknown field(s) {', '.join(extra)}")
     digest = body.get("digest")
     if not isinstance(digest, str) or not _HEX64.fullmatch(digest):

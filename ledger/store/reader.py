@@ -274,13 +274,13 @@ class LedgerReader:
                 raise plain
             seq, record_hash, actor, nonce, type_, received_at, data = row[:7]
             payload_seq, digest, _, owner, erased_seq = row[7:]
-            yield RecordItem(
-                record_bytes=bytes(data),
-                payload=plain,
-                payload_digest=None if digest is None else bytes(digest),
-                has_payload_row=payload_seq is not None,
-                payloads_complete=True,
-                columns={
+            yield RecordItem(  # positional: one is made per record verified
+                bytes(data),  # record_bytes
+                plain,  # payload
+                None if digest is None else bytes(digest),  # payload_digest
+                payload_seq is not None,  # has_payload_row
+                True,  # payloads_complete
+                {  # columns
                     "seq": int(seq),
                     "record_hash": bytes(record_hash),
                     "actor": actor,
@@ -290,7 +290,7 @@ class LedgerReader:
                     "payload_owner": owner,
                     "payload_erased_seq": None if erased_seq is None else int(erased_seq),
                 },
-                payload_erased=payload_seq is not None and erased_seq is not None,
+                payload_seq is not None and erased_seq is not None,  # payload_erased
             )
 
     def _opened(self, conn: Connection, row: Any) -> bytes | PayloadError | None:
