@@ -209,7 +209,8 @@ def test_verify_jobs_checks_signatures_on_threads_with_the_same_result(cli: Cli)
     assert one["tree_size"] == three["tree_size"] == 6
     assert one["root_hash"] == three["root_hash"]
     zero = cli("verify", "--jobs", "0")
-    assert zero.exit_code == 2 and "Invalid value for '--jobs'" in zero.stderr
+    assert zero.exit_code == 2
+    assert "Invalid value for '--jobs'" in zero.stderr
     bundle = cli.keys.parent / "b.rxlb"
     assert cli("export", "--out", str(bundle)).exit_code == 0
     assert "--jobs goes with --db" in one_line_error(
