@@ -14,6 +14,7 @@ import pytest
 
 from ledger.core.note import Signer
 from ledger.core.statement import format_time
+from ledger.domain import rules
 from ledger.domain.registry import get_actor
 from ledger.store.audit import verify_database
 from ledger.store.sequencer import Submission
@@ -296,3 +297,9 @@ def test_bad_registry_statement_is_refused_and_changes_nothing(
     before = snapshot(shared.engine)
     refused(shared.submit(bad), code)
     assert snapshot(shared.engine) == before
+
+
+def test_every_permitted_type_has_its_rule() -> None:
+    """decide() finds each type's rule by name: none is permitted without one."""
+    ruled = rules.REGISTRY_TYPES | rules.PAYLOAD_TYPES | {"doc.attest"} | set(rules._DECIDERS)
+    assert set(rules.PERMISSIONS) == ruled

@@ -544,6 +544,13 @@ def consistency_proof_from_leaves(leaf_hashes: Sequence[bytes], size1: int) -> l
 # --- incremental tree -------------------------------------------------------
 
 
+def _check_leaf(leaf_hash: bytes) -> None:
+    if len(leaf_hash) != HASH_SIZE:
+        raise EncodingError(
+            f"leaf hash has wrong size: expected {HASH_SIZE} bytes, got {len(leaf_hash)}"
+        )
+
+
 class MerkleAccumulator:
     """An append-only Merkle tree kept as its compact range: ``O(log n)`` memory.
 
@@ -596,10 +603,7 @@ class MerkleAccumulator:
         storage layer must write for this leaf. Raises :class:`EncodingError`
         if ``leaf_hash`` is not :data:`HASH_SIZE` bytes.
         """
-        if len(leaf_hash) != HASH_SIZE:
-            raise EncodingError(
-                f"leaf hash has wrong size: expected {HASH_SIZE} bytes, got {len(leaf_hash)}"
-            )
+        _check_leaf(leaf_hash)
         hashes = self._hashes
         index = self._size
         node = leaf_hash
@@ -622,10 +626,7 @@ class MerkleAccumulator:
         node ``(level, index)`` is the ``index``-th hash ever added to
         ``levels[level]``.
         """
-        if len(leaf_hash) != HASH_SIZE:
-            raise EncodingError(
-                f"leaf hash has wrong size: expected {HASH_SIZE} bytes, got {len(leaf_hash)}"
-            )
+        _check_leaf(leaf_hash)
         hashes = self._hashes
         count = self._size
         node = leaf_hash
@@ -647,10 +648,7 @@ class MerkleAccumulator:
 
         For verifiers that stream records and only need the root.
         """
-        if len(leaf_hash) != HASH_SIZE:
-            raise EncodingError(
-                f"leaf hash has wrong size: expected {HASH_SIZE} bytes, got {len(leaf_hash)}"
-            )
+        _check_leaf(leaf_hash)
         hashes = self._hashes
         count = self._size
         node = leaf_hash

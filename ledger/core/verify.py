@@ -229,6 +229,7 @@ class StreamVerifier:
         self._tree = merkle.MerkleAccumulator()
         self._head = bytes(32)
         self._last_received = ""
+        self._last_received_time: datetime | None = None  # parsed _last_received
         self.checkpoints_verified = 0
         self.last_checkpoint_size = -1
         #: with ``workers > 1``, signatures are checked on that many threads and
@@ -339,16 +340,21 @@ class StreamVerifier:
             self._deferred.close()
 
     def _check_times(self, record: Record, statement: Statement) -> None:
-        try:
-            received = parse_time(record.received_at, field="received_at")
-        except EncodingError as e:
-            raise TimeOrderError(str(e), seq=record.seq) from e
-        if record.received_at < self._last_received:
-            raise TimeOrderError(
-                f"received_at goes back in time: {record.received_at} after {self._last_received}",
-                seq=record.seq,
-            )
-        self._last_received = record.received_at
+        received = self._last_received_time
+        if received is None or record.received_at != self._last_received:
+            # (else the record before had the same time: a batch's records share it)
+            try:
+                received = parse_time(record.received_at, field="received_at")
+            except EncodingError as e:
+                raise TimeOrderError(str(e), seq=record.seq) from e
+            if record.received_at < self._last_received:
+                raise TimeOrderError(
+                    f"received_at goes back in time: {record.received_at} after "
+                    f"{self._last_received}",
+                    seq=record.seq,
+                )
+            self._last_received = record.received_at
+            self._last_received_time = received
         issued: datetime = parse_time(statement.issued_at, field="issued_at")
         skew = abs((received - issued).total_seconds())
         if skew > self.max_skew:

@@ -8,6 +8,7 @@ by ``body.payload_digest``), for the types whose rules read it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ledger.core.canonical import parse_json
@@ -52,6 +53,29 @@ REGISTRY_TYPES = frozenset({"actor.register", "actor.add_key", "actor.rotate_key
 
 #: types whose rules read the payload
 PAYLOAD_TYPES = frozenset({"rx.issue", "rx.dispense", "data.use"})
+
+
+#: the rules of the types decided from (state, statement, seq) alone
+_DECIDERS: dict[str, Callable[..., list[Effect]]] = {
+    "rx.cancel": prescriptions.decide_end,
+    "rx.reject": prescriptions.decide_end,
+    "coverage.enroll": settlement.decide_enroll,
+    "coverage.end": settlement.decide_end_coverage,
+    "policy.publish": settlement.decide_publish,
+    "claim.submit": settlement.decide_claim,
+    "settlement.decision": settlement.decide_decision,
+    "consent.grant": wallet.decide_grant,
+    "consent.narrow": wallet.decide_narrow,
+    "consent.revoke": wallet.decide_revoke,
+    "data.proceeds": wallet.decide_proceeds,
+    "erasure.request": privacy.decide_request,
+    "erasure.execute": privacy.decide_execute,
+    "retention.shred": privacy.decide_shred,
+    "hold.place": privacy.decide_hold,
+    "hold.release": privacy.decide_hold,
+    "audit.grant": privacy.decide_grant,
+    "audit.revoke": privacy.decide_grant,
+}
 
 
 def parse_payload(payload: Payload) -> Any:
@@ -130,36 +154,6 @@ def decide(
                 raise RejectionError("inputs-erased", "a data use's payload is never shredded")
             return wallet.decide_use(state, statement, actor, clinical, seq=seq)
         return prescriptions.decide_dispense(state, statement, clinical, seq=seq)
-    if kind in ("rx.cancel", "rx.reject"):
-        return prescriptions.decide_end(state, statement, seq=seq)
-    if kind == "coverage.enroll":
-        return settlement.decide_enroll(state, statement, seq=seq)
-    if kind == "coverage.end":
-        return settlement.decide_end_coverage(state, statement, seq=seq)
-    if kind == "policy.publish":
-        return settlement.decide_publish(state, statement, seq=seq)
-    if kind == "claim.submit":
-        return settlement.decide_claim(state, statement, seq=seq)
-    if kind == "settlement.decision":
-        return settlement.decide_decision(state, statement, seq=seq)
-    if kind == "consent.grant":
-        return wallet.decide_grant(state, statement, seq=seq)
-    if kind == "consent.narrow":
-        return wallet.decide_narrow(state, statement, seq=seq)
-    if kind == "consent.revoke":
-        return wallet.decide_revoke(state, statement, seq=seq)
-    if kind == "data.proceeds":
-        return wallet.decide_proceeds(state, statement, seq=seq)
-    if kind == "erasure.request":
-        return privacy.decide_request(state, statement, seq=seq)
-    if kind == "erasure.execute":
-        return privacy.decide_execute(state, statement, seq=seq)
-    if kind == "retention.shred":
-        return privacy.decide_shred(state, statement, seq=seq)
-    if kind in ("hold.place", "hold.release"):
-        return privacy.decide_hold(state, statement, seq=seq)
-    if kind in ("audit.grant", "audit.revoke"):
-        return privacy.decide_grant(state, statement, seq=seq)
     if kind == "doc.attest":
         return attest.decide_attest(state, statement)
-    raise RejectionError("unknown-type", f"statement type {kind!r} is not known")
+    return _DECIDERS[kind](state, statement, seq=seq)

@@ -177,6 +177,8 @@ class _PayloadOwners:
         self.pending: dict[int, list[tuple[int, str, str]]] = {}
 
     def __call__(self, record: Record, item: RecordItem) -> None:
+        if not item.has_payload_row and record.seq not in self.pending:
+            return  # most records: no payload, and shredding nothing waited for
         columns = item.columns or {}
         seq, fields = record.seq, record.fields
         body = fields["body"]
