@@ -295,14 +295,7 @@ def read_payload(
             at=at,
         )
     patient = None if owner == LEDGER_OWNER else owner
-    common: dict[str, Any] = {
-        "actor": str(reader["actor_id"]),
-        "role": str(reader["role"]),
-        "patient": patient,
-        "seq": seq,
-        "what": f"record/{seq}",
-        "at": moment,
-    }
+    common = _log_fields(reader, patient, seq, f"record/{seq}", moment)
     if basis is None:
         log_access(
             ledger.engine, action="R", basis=REFUSED, outcome=OUTCOME_MINOR_FAILURE, **common
@@ -399,16 +392,25 @@ def read_prescription(
     moment = now or clock()
     view = prescription_view(ledger.engine, rx_id)  # NotFoundError when there is none
     basis = _view_basis(ledger, reader, view, instant(format_time(moment)))
-    common: dict[str, Any] = {
-        "actor": str(reader["actor_id"]),
-        "role": str(reader["role"]),
-        "patient": str(view["patient"]),
-        "seq": int(view["issued_seq"]),
-        "what": f"prescription/{rx_id}",
-        "at": moment,
-    }
+    common = _log_fields(
+        reader, str(view["patient"]), int(view["issued_seq"]), f"prescription/{rx_id}", moment
+    )
     _logged(ledger, basis, common, f"has no basis to read prescription {rx_id!r}")
     return view
+
+
+def _log_fields(
+    reader: Document, patient: str | None, seq: int | None, what: str, at: datetime
+) -> dict[str, Any]:
+    """The access-log fields of ``reader`` reading ``what`` (all but action and basis)."""
+    return {
+        "actor": str(reader["actor_id"]),
+        "role": str(reader["role"]),
+        "patient": patient,
+        "seq": seq,
+        "what": what,
+        "at": at,
+    }
 
 
 def _logged(ledger: Ledger, basis: str | None, common: dict[str, Any], refusal: str) -> None:
@@ -428,14 +430,7 @@ def read_patient_prescriptions(
     auditor with a grant covering them; logged (``patient/<P>/prescriptions``)."""
     moment = clock()
     basis = patient_basis(ledger, reader, patient, instant(format_time(moment)))
-    common: dict[str, Any] = {
-        "actor": str(reader["actor_id"]),
-        "role": str(reader["role"]),
-        "patient": patient,
-        "seq": None,
-        "what": f"patient/{patient}/prescriptions",
-        "at": moment,
-    }
+    common = _log_fields(reader, patient, None, f"patient/{patient}/prescriptions", moment)
     _logged(ledger, basis, common, f"may not list patient {patient!r}'s prescriptions")
     return ProjectionReader(ledger.engine).page(
         prescriptions.RX, patient=patient, before_seq=before_seq, limit=limit
