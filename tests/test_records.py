@@ -6,6 +6,7 @@ and attack them: flipped bytes, broken links, back-dating, forged checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
@@ -30,8 +31,15 @@ from ledger.core.errors import (
 )
 from ledger.core.note import Signer, Verifier
 from ledger.core.record import GENESIS_PREV, Record, build_record_bytes
-from ledger.core.statement import SignedStatement, Statement, format_time, make_statement
+from ledger.core.statement import (
+    SignedStatement,
+    Statement,
+    format_time,
+    instant,
+    make_statement,
+)
 from ledger.core.verify import _DeferredSignatures, head_extension, verify_log
+from ledger.domain import rules
 from ledger.domain.replay import Replayer
 
 ORIGIN = "test.example/log"
@@ -378,3 +386,30 @@ def test_signatures_checked_on_threads_give_the_same_verdict(data: st.DataObject
 
     with patch.object(_DeferredSignatures, "CHUNK", chunk):
         assert verdict(3) == verdict(1)
+
+
+def test_records_and_statements_made_per_record_are_as_their_init_makes_them() -> None:
+    """The verifier's hot path makes records and statements without ``__init__``
+    (ledger.core.frozen): they must be the same values, as frozen, in every field."""
+    signed = attest(PHARMACY, T0, 7)
+    data = Record.build(3, "cd" * 32, format_time(T0), signed).record_bytes
+    fast = Record.from_bytes(data, expected_seq=3)
+    by_init = Record(
+        3, "cd" * 32, format_time(T0), signed.signature, signed.signed_bytes, data, fast.fields
+    )
+    assert vars(fast).keys() == {f.name for f in dataclasses.fields(Record)}
+    assert (fast, repr(fast)) == (by_init, repr(by_init))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.seq = 4  # type: ignore[misc]
+    assert fast.hash == hashlib.sha256(data).digest()  # cached beside the fields
+
+    statement = fast.statement()
+    assert vars(statement).keys() == {f.name for f in dataclasses.fields(Statement)}
+    assert statement == Statement(**signed.statement.to_mapping())
+    assert repr(statement) == repr(signed.statement)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        statement.nonce = "x" * 16  # type: ignore[misc]
+
+    normalized = rules._normalized(statement)
+    assert normalized == dataclasses.replace(statement, issued_at=instant(statement.issued_at))
+    assert vars(normalized).keys() == vars(statement).keys()

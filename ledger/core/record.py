@@ -23,10 +23,12 @@ import base64
 import hashlib
 import json
 import re
+from binascii import a2b_base64
 from dataclasses import dataclass
 from typing import Any
 
 from ledger.core.errors import EncodingError, RecordError
+from ledger.core.frozen import make_frozen
 from ledger.core.statement import SignedStatement, Statement
 
 GENESIS_PREV = "0" * 64
@@ -155,7 +157,7 @@ class Record:
         if expected_seq is not None and seq != expected_seq:
             return None
         try:
-            signature = base64.b64decode(sig_b64, validate=True)
+            signature = a2b_base64(sig_b64, strict_mode=True)  # the regex checked its alphabet
             # what json.loads does with bytes that start with "{", minus its checks
             text = statement_bytes.decode("utf-8", "surrogatepass")
             statement, end = _JSON.raw_decode(text)
@@ -163,15 +165,17 @@ class Record:
             return None
         if len(signature) != 64 or not isinstance(statement, dict) or end != len(text):
             return None
-        return cls(  # positional (seq, prev, received_at, signature, statement_bytes,
-            # record_bytes, fields): keywords cost more, and one is made per record verified
-            seq,
-            prev.decode("ascii"),
-            received_at.decode("ascii"),
-            signature,
-            statement_bytes,
-            data,
-            statement,
+        return make_frozen(  # once per record verified: see ledger.core.frozen
+            cls,
+            {
+                "seq": seq,
+                "prev": prev.decode("ascii"),
+                "received_at": received_at.decode("ascii"),
+                "signature": signature,
+                "statement_bytes": statement_bytes,
+                "record_bytes": data,
+                "fields": statement,
+            },
         )
 
     def statement(self) -> Statement:

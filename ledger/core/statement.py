@@ -30,6 +30,7 @@ from typing import Any
 
 from ledger.core.canonical import canonicalize
 from ledger.core.errors import EncodingError, KeyFormatError, SignatureError
+from ledger.core.frozen import make_frozen
 from ledger.core.note import Signer, Verifier
 
 STATEMENT_FIELDS = ("type", "actor", "key", "issued_at", "nonce", "body")
@@ -207,7 +208,17 @@ class Statement:
             raise EncodingError(
                 f"statement.body: expected a JSON object, got {type(body).__name__}"
             )
-        return cls(type_, actor, key, issued_at, nonce, body)  # positional: made per record
+        return make_frozen(  # once per record verified: see ledger.core.frozen
+            cls,
+            {
+                "type": type_,
+                "actor": actor,
+                "key": key,
+                "issued_at": issued_at,
+                "nonce": nonce,
+                "body": body,
+            },
+        )
 
     def to_mapping(self) -> dict[str, Any]:
         return {

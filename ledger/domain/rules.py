@@ -13,6 +13,7 @@ from typing import Any
 
 from ledger.core.canonical import parse_json
 from ledger.core.errors import EncodingError, RejectionError
+from ledger.core.frozen import make_frozen
 from ledger.core.statement import Statement, instant
 from ledger.domain import attest, prescriptions, privacy, registry, settlement, wallet
 from ledger.domain.privacy import ERASED, Payload
@@ -88,13 +89,16 @@ def parse_payload(payload: Payload) -> Any:
 
 
 def _normalized(statement: Statement) -> Statement:
-    return Statement(
-        statement.type,
-        statement.actor,
-        statement.key,
-        instant(statement.issued_at),
-        statement.nonce,
-        statement.body,
+    return make_frozen(  # once per record replayed: see ledger.core.frozen
+        Statement,
+        {
+            "type": statement.type,
+            "actor": statement.actor,
+            "key": statement.key,
+            "issued_at": instant(statement.issued_at),
+            "nonce": statement.nonce,
+            "body": statement.body,
+        },
     )
 
 
