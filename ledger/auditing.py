@@ -243,7 +243,7 @@ class DbSource:
 
     def records(self, start: int, end: int) -> Iterator[RecordItem]:
         for item in self.reader.iter_records(start=start):
-            seq = int(item.columns["seq"]) if item.columns else -1
+            seq = int(item.columns[0]) if item.columns else -1  # RECORD_COLUMNS[0]
             if seq >= end:
                 return
             yield item

@@ -429,10 +429,13 @@ class AtRecord:
     """A RecordError naming this record."""
 
     seq_of: Callable[[Built], int]
+    #: what the message must name (the changed column)
+    says: str = ""
 
     def check(self, error: VerificationError, b: Built) -> None:
         assert isinstance(error, RecordError), f"{type(error).__name__}: {error}"
         assert error.seq == self.seq_of(b), str(error)
+        assert self.says in str(error)
 
 
 @dataclass(frozen=True)
@@ -498,14 +501,26 @@ Expect = AtRecord | AtNode | AtCheckpoint | AtHead
 CASES: list[tuple[str, Tamper, Expect]] = [
     # records: every column
     ("records.seq changed", _records_seq, AtRecord(_plain)),
-    ("records.record_hash flipped byte", _records_hash, AtRecord(_plain)),
-    ("records.actor changed", _column_text(records.c.actor, _plain, 0), AtRecord(_plain)),
-    ("records.nonce changed", _column_text(records.c.nonce, _plain, 5), AtRecord(_plain)),
-    ("records.type changed", _column_text(records.c.type, _plain, 6), AtRecord(_plain)),
+    ("records.record_hash flipped byte", _records_hash, AtRecord(_plain, "record_hash column:")),
+    (
+        "records.actor changed",
+        _column_text(records.c.actor, _plain, 0),
+        AtRecord(_plain, "actor column:"),
+    ),
+    (
+        "records.nonce changed",
+        _column_text(records.c.nonce, _plain, 5),
+        AtRecord(_plain, "nonce column:"),
+    ),
+    (
+        "records.type changed",
+        _column_text(records.c.type, _plain, 6),
+        AtRecord(_plain, "type column:"),
+    ),
     (
         "records.received_at changed",
         _column_text(records.c.received_at, _plain, 22),
-        AtRecord(_plain),
+        AtRecord(_plain, "received_at column:"),
     ),
     (
         "records.record_bytes flipped byte in statement",

@@ -91,12 +91,17 @@ class RecordItem:
     #: database does; a bundle without clinical data does not), so a missing
     #: row is an error
     payloads_complete: bool = False
-    #: the source's own copies of record fields (e.g. database columns), checked
-    #: by the source's ``on_record`` hook against the parsed record
-    columns: Mapping[str, Any] | None = None
+    #: the source's own copies of record fields (e.g. database columns, in an
+    #: order the source defines), checked by the source's ``on_record`` hook
+    #: against the parsed record; the verifier does not read them
+    columns: tuple[Any, ...] | None = None
     #: the source held this record's payload, but it was shredded (erasure or
     #: retention): the replay gets ``ERASED`` instead of bytes
     payload_erased: bool = False
+    #: whose data key the source sealed the payload with (its payload row's owner)
+    payload_owner: str | None = None
+    #: the record the source says shredded the payload (with ``payload_erased``)
+    payload_erased_seq: int | None = None
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from ledger.domain.privacy import LEDGER_OWNER
 from ledger.domain.replay import Replayer, SignerReplayer
 from ledger.domain.state import State
 from ledger.store.db import WRITE, configured_master_key
-from ledger.store.reader import LedgerReader, ProjectionReader
+from ledger.store.reader import RECORD_COLUMNS, LedgerReader, ProjectionReader
 from ledger.store.schema import projections
 from ledger.store.sequencer import lock_head
 from ledger.store.state import encode
@@ -135,29 +135,31 @@ class _NodeChecker:
 
 
 def _check_columns(record: Record, item: RecordItem) -> None:
+    """The row's copies of the record's fields (:data:`RECORD_COLUMNS`) are the record's."""
     columns = item.columns
     if columns is None:
         return
-    seq = record.seq
-    if columns["seq"] != seq:
-        raise RecordError(f"seq column: expected {seq}, found {columns['seq']}", seq=seq)
-    digest = record.hash
-    if columns["record_hash"] != digest:
-        raise RecordError(
-            f"record_hash column: expected {digest.hex()}, found {columns['record_hash'].hex()}",
-            seq=seq,
-        )
-    for name in ("actor", "nonce", "type"):
-        if columns[name] != record.fields.get(name):
+    fields = record.fields
+    expected = (
+        record.seq,
+        record.hash,
+        fields.get("actor"),
+        fields.get("nonce"),
+        fields.get("type"),
+        record.received_at,
+    )
+    if columns == expected:
+        return
+    for name, want, found in zip(RECORD_COLUMNS, expected, columns, strict=True):
+        if found != want:
             raise RecordError(
-                f"{name} column: expected {record.fields.get(name)!r}, found {columns[name]!r}",
-                seq=seq,
+                f"{name} column: expected {_shown(want)}, found {_shown(found)}", seq=record.seq
             )
-    if columns["received_at"] != record.received_at:
-        raise RecordError(
-            f"received_at column: expected {record.received_at}, found {columns['received_at']}",
-            seq=seq,
-        )
+    raise RecordError("record columns differ from the record", seq=record.seq)  # not reached
+
+
+def _shown(value: Any) -> str:
+    return value.hex() if isinstance(value, bytes) else repr(value)
 
 
 class _PayloadOwners:
@@ -179,19 +181,18 @@ class _PayloadOwners:
     def __call__(self, record: Record, item: RecordItem) -> None:
         if not item.has_payload_row and record.seq not in self.pending:
             return  # most records: no payload, and shredding nothing waited for
-        columns = item.columns or {}
         seq, fields = record.seq, record.fields
         body = fields["body"]
         if item.has_payload_row:
-            owner = columns.get("payload_owner")
+            owner = item.payload_owner
             expected = self._owner(fields["type"], body, shredded=item.payload_erased)
             if expected is not None and owner != expected:
                 raise PayloadError(
                     f"payload owner: expected {expected!r}, found {owner!r}", seq=seq
                 )
             if item.payload_erased:
-                by = int(columns["payload_erased_seq"])
-                if by <= seq:
+                by = item.payload_erased_seq
+                if by is None or by <= seq:
                     raise PayloadError(f"payload shredded by record {by}, not a later one", seq=seq)
                 self.pending.setdefault(by, []).append((seq, str(owner), str(body.get("rx_id"))))
         for shredded, owner, rx_id in self.pending.pop(seq, []):

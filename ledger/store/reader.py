@@ -33,6 +33,9 @@ from ledger.store.sequencer import Receipt, fetch_nodes
 from ledger.store.vault import Vault
 
 PAGE = 1000
+#: the stored copies of record fields that :meth:`LedgerReader.iter_records` gives
+#: as each item's ``columns``, in this order
+RECORD_COLUMNS = ("seq", "record_hash", "actor", "nonce", "type", "received_at")
 #: node and record indices are stored as signed 64-bit integers
 _MAX_NODE_INDEX = 2**63 - 1
 
@@ -233,7 +236,11 @@ class LedgerReader:
     def iter_records(self, *, start: int = 0, page: int = PAGE) -> Iterator[RecordItem]:
         """Every record from ``start`` with its stored columns and payload, in ``seq`` order.
 
-        Keyset pages of ``page`` rows: flat memory, no long-lived cursor.
+        Keyset pages of ``page`` rows: flat memory, no long-lived cursor. An
+        item's ``columns`` are the row's :data:`RECORD_COLUMNS`, in that order.
+        A page's payload rows are read in a second query of the same
+        transaction (a range of seqs: most records have none, and probing
+        the payloads for each record costs more).
         """
         query = (
             select(
@@ -244,59 +251,72 @@ class LedgerReader:
                 records.c.type,
                 records.c.received_at,
                 records.c.record_bytes,
-                payloads.c.seq.label("payload_seq"),
-                payloads.c.digest,
-                payloads.c.content,
-                payloads.c.owner,
-                payloads.c.erased_seq,
             )
-            .select_from(records.outerjoin(payloads, payloads.c.seq == records.c.seq))
             .order_by(records.c.seq)
             .limit(page)
         )
+        payload_query = select(
+            payloads.c.seq,
+            payloads.c.digest,
+            payloads.c.content,
+            payloads.c.owner,
+            payloads.c.erased_seq,
+        ).order_by(payloads.c.seq)
         after = start - 1
         with self.engine.connect() as conn:
             while True:
                 rows = conn.execute(query.where(records.c.seq > after)).all()
-                opened = [None if row[7] is None else self._opened(conn, row) for row in rows]
+                stored: dict[int, Any] = {}
+                if rows:
+                    first, last = int(rows[0][0]), int(rows[-1][0])
+                    stored = {
+                        int(row.seq): row
+                        for row in conn.execute(
+                            payload_query.where(payloads.c.seq.between(first, last))
+                        )
+                    }
+                opened = {seq: self._opened(conn, row) for seq, row in stored.items()}
                 conn.rollback()  # no read transaction held while the page is consumed
-                yield from self._items(rows, opened)
+                yield from self._items(rows, stored, opened)
                 if len(rows) < page:
                     return
-                after = int(rows[-1].seq)
+                after = int(rows[-1][0])
 
     @staticmethod
     def _items(
-        rows: Sequence[Any], opened: list[bytes | PayloadError | None]
+        rows: Sequence[Any],
+        stored: dict[int, Any],
+        opened: dict[int, bytes | PayloadError | None],
     ) -> Iterator[RecordItem]:
-        for row, plain in zip(rows, opened, strict=True):
+        for row in rows:
+            seq = row[0]
+            columns = row[:6]  # RECORD_COLUMNS
+            data = row[6]
+            if type(data) is not bytes:
+                data = bytes(data)
+            payload = stored.get(seq)
+            if payload is None:
+                # the common case: positional, one is made per record verified
+                yield RecordItem(data, None, None, False, True, columns)
+                continue
+            plain = opened[seq]
             if isinstance(plain, PayloadError):  # raised in order: earlier records first
                 raise plain
-            seq, record_hash, actor, nonce, type_, received_at, data = row[:7]
-            payload_seq, digest, _, owner, erased_seq = row[7:]
-            yield RecordItem(  # positional: one is made per record verified
-                bytes(data),  # record_bytes
-                plain,  # payload
-                None if digest is None else bytes(digest),  # payload_digest
-                payload_seq is not None,  # has_payload_row
-                True,  # payloads_complete
-                {  # columns
-                    "seq": int(seq),
-                    "record_hash": bytes(record_hash),
-                    "actor": actor,
-                    "nonce": nonce,
-                    "type": type_,
-                    "received_at": received_at,
-                    "payload_owner": owner,
-                    "payload_erased_seq": None if erased_seq is None else int(erased_seq),
-                },
-                payload_seq is not None and erased_seq is not None,  # payload_erased
+            erased_seq = payload.erased_seq
+            yield RecordItem(
+                data,
+                payload=plain,
+                payload_digest=None if payload.digest is None else bytes(payload.digest),
+                has_payload_row=True,
+                payloads_complete=True,
+                columns=columns,
+                payload_erased=erased_seq is not None,
+                payload_owner=payload.owner,
+                payload_erased_seq=None if erased_seq is None else int(erased_seq),
             )
 
     def _opened(self, conn: Connection, row: Any) -> bytes | PayloadError | None:
         """The plaintext of a payload row, checked to be sealed or shredded as it says."""
-        if row.payload_seq is None:
-            return None
         seq = int(row.seq)
         if row.erased_seq is not None:
             if row.content is not None:
@@ -333,7 +353,7 @@ class LedgerReader:
         """The stored hashes of nodes ``(level, start)`` to ``(level, start + count - 1)``,
         in ascending index; fewer than ``count`` when some are missing."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
+            hashes = conn.execute(
                 select(merkle_nodes.c.hash)
                 .where(
                     merkle_nodes.c.level == level,
@@ -341,8 +361,8 @@ class LedgerReader:
                     merkle_nodes.c.idx < start + count,
                 )
                 .order_by(merkle_nodes.c.idx)
-            ).all()
-        return [bytes(h) for (h,) in rows]
+            ).scalars()
+            return [h if type(h) is bytes else bytes(h) for h in hashes]
 
     def level_nodes(self, level: int, start: int, stop: int | None = None) -> dict[int, bytes]:
         """Stored nodes of ``level`` with ``start <= idx < stop`` (no bound: to the end),
