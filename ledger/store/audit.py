@@ -290,12 +290,17 @@ def verify_database(
     verifier = Verifier.from_vkey(log_key or meta["log_vkey"])
     nodes = _NodeChecker(reader)
 
+    computed = nodes.levels  # the verifier adds to it; level 0 fills first
+    page = nodes.PAGE
+
     def on_record(record: Record, item: RecordItem) -> None:
         nonlocal shredded
         _check_columns(record, item)
-        owners(record, item)
-        shredded += item.payload_erased
-        nodes.check()
+        if item.has_payload_row or owners.pending:  # else there is nothing to check
+            owners(record, item)
+            shredded += item.payload_erased
+        if computed and len(computed[0]) >= page:
+            nodes.check()
         if on_progress is not None:
             on_progress(record.seq + 1)
 

@@ -361,8 +361,8 @@ class LedgerReader:
                     merkle_nodes.c.idx < start + count,
                 )
                 .order_by(merkle_nodes.c.idx)
-            ).scalars()
-            return [h if type(h) is bytes else bytes(h) for h in hashes]
+            ).all()  # one fetch for the page (iterating fetches row by row)
+        return [h if type(h) is bytes else bytes(h) for (h,) in hashes]
 
     def level_nodes(self, level: int, start: int, stop: int | None = None) -> dict[int, bytes]:
         """Stored nodes of ``level`` with ``start <= idx < stop`` (no bound: to the end),
