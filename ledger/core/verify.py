@@ -322,7 +322,8 @@ class StreamVerifier:
             raise RecordError(
                 f"statement signature does not verify under key {statement.key}", seq=seq
             )
-        self._check_payload(seq, statement, item)
+        if item.has_payload_row or "payload_digest" in statement.body:
+            self._check_payload(seq, statement, item)
         if self.replay is not None:
             self.replay(seq, statement, ERASED if item.payload_erased else item.payload)
         data = item.record_bytes
@@ -483,7 +484,7 @@ def _stream(
             except VerificationError:
                 verifier.settle(before=record.seq + 1)  # a bad signature up to it comes first
                 raise
-        while next_cp is not None and next_cp[0] == verifier.size:
+        while next_cp is not None and next_cp[0] == record.seq + 1:  # verifier.size
             verifier.check_checkpoint(next_cp[1])
             next_cp = next(pending, None)
     verifier.settle()
