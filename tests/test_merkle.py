@@ -33,6 +33,7 @@ from ledger.core.merkle import (
     inclusion_proof,
     inclusion_proof_from_leaves,
     inclusion_proof_nodes,
+    inclusion_proofs,
     root,
     root_from_inclusion_proof,
     root_from_nodes,
@@ -440,6 +441,23 @@ def test_every_inclusion_proof_verifies_and_equals_the_reference(
         verify_inclusion(tree.leaves[i], i, n, proof, tree.roots[n])
     for i in data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=4), label="sampled"):
         assert inclusion_proof(i, n, tree.nodes) == inclusion_proof_from_leaves(tree.leaves, i)
+
+
+@settings(max_examples=40, deadline=None)
+@given(tree=trees(), data=st.data())
+def test_inclusion_proofs_of_many_leaves_are_each_leafs_proof(
+    tree: Tree, data: st.DataObject
+) -> None:
+    """The batched proofs (a batch's receipts) share folds, never change a proof."""
+    n = tree.size
+    first = data.draw(st.integers(0, n - 1), label="first")
+    last = data.draw(st.integers(first + 1, n), label="last")
+    leaves = [*range(first, last), *data.draw(st.lists(st.integers(0, n - 1), max_size=5))]
+    needed = {node for i in leaves for node in inclusion_proof_nodes(i, n)}
+    proofs = inclusion_proofs(leaves, n, only(tree.nodes, sorted(needed)))
+    assert proofs == [inclusion_proof(i, n, tree.nodes) for i in leaves]
+    with pytest.raises(InclusionProofError):
+        inclusion_proofs([0, n], n, tree.nodes)
 
 
 @settings(max_examples=40, deadline=None)

@@ -32,7 +32,8 @@ The node arithmetic follows transparency-dev/merkle (``proof/proof.go``,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Iterable, Mapping, Sequence
 from hashlib import sha256
 
 from ledger.core.errors import (
@@ -57,6 +58,7 @@ __all__ = [
     "inclusion_proof",
     "inclusion_proof_from_leaves",
     "inclusion_proof_nodes",
+    "inclusion_proofs",
     "root",
     "root_from_inclusion_proof",
     "root_from_nodes",
@@ -330,6 +332,11 @@ def _range_nodes(begin: int, end: int) -> list[NodeId]:
     return nodes
 
 
+@functools.lru_cache(maxsize=4096)
+def _cached_range(begin: int, end: int) -> tuple[NodeId, ...]:
+    return tuple(_range_nodes(begin, end))
+
+
 def frontier(tree_size: int) -> list[NodeId]:
     """Return the maximal perfect subtrees that make up ``[0, tree_size)``, left to right.
 
@@ -366,16 +373,27 @@ class _ProofPlan:
         self.siblings: list[NodeId] = [
             (lvl, (index >> (lvl - level)) ^ 1) for lvl in range(level, fork_level)
         ]
-        self.right: list[NodeId] = _range_nodes(end, tree_size)
-        self.left: list[NodeId] = _range_nodes(0, begin)[::-1]
+        # the same few ranges recur across the proofs of a batch or a tree size
+        self.right: Sequence[NodeId] = _cached_range(end, tree_size)
+        self.left: Sequence[NodeId] = _cached_range(0, begin)[::-1]
 
     def node_ids(self) -> list[NodeId]:
         return [*self.siblings, *self.right, *self.left]
 
-    def hashes(self, nodes: Mapping[NodeId, bytes]) -> list[bytes]:
+    def hashes(
+        self, nodes: Mapping[NodeId, bytes], folded: dict[NodeId, bytes] | None = None
+    ) -> list[bytes]:
+        """The proof's hashes from ``nodes``. ``folded`` keeps the folds of right
+        edges, by their first node, for proofs in the same tree to share."""
         proof = [_get(nodes, node_id) for node_id in self.siblings]
         if self.right:
-            proof.append(_fold([_get(nodes, node_id) for node_id in self.right]))
+            first = self.right[0]
+            edge = None if folded is None else folded.get(first)
+            if edge is None:
+                edge = _fold([_get(nodes, node_id) for node_id in self.right])
+                if folded is not None:
+                    folded[first] = edge
+            proof.append(edge)
         proof.extend(_get(nodes, node_id) for node_id in self.left)
         return proof
 
@@ -458,6 +476,23 @@ def inclusion_proof(leaf_index: int, tree_size: int, nodes: Mapping[NodeId, byte
     """
     _check_inclusion_args(leaf_index, tree_size)
     return _ProofPlan(0, leaf_index, tree_size).hashes(nodes)
+
+
+def inclusion_proofs(
+    leaf_indices: Iterable[int], tree_size: int, nodes: Mapping[NodeId, bytes]
+) -> list[list[bytes]]:
+    """:func:`inclusion_proof` of each leaf in ``leaf_indices``, in one tree.
+
+    The same proofs, cheaper for many leaves (a batch's receipts): the hash of
+    the imperfect right edge, which every proof whose path forks at the same
+    node shares, is folded once. ``nodes`` must hold every proof's nodes.
+    """
+    folded: dict[NodeId, bytes] = {}
+    proofs = []
+    for leaf_index in leaf_indices:
+        _check_inclusion_args(leaf_index, tree_size)
+        proofs.append(_ProofPlan(0, leaf_index, tree_size).hashes(nodes, folded))
+    return proofs
 
 
 def consistency_proof(size1: int, size2: int, nodes: Mapping[NodeId, bytes]) -> list[bytes]:
