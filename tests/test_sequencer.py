@@ -141,6 +141,42 @@ def test_batches_get_consecutive_seqs_prev_links_and_one_checkpoint_each(
     assert verify_database(env.ledger.engine).size == 12
 
 
+def test_nonces_are_per_actor_and_a_batch_tells_replays_from_resends(
+    shared_env: LedgerEnv,
+) -> None:
+    """One batch: an identical resend of a recorded statement (its receipt), a
+    different statement reusing that actor's nonce (refused), another actor's
+    statement with the same nonce (accepted: nonces are per actor), and a new one."""
+    env = shared_env
+    other = register(env, unique("pharmacy"), "pharmacy")
+    nonce = uuid.uuid4().hex
+    first = attest(env.registrar, nonce=nonce)
+    (recorded,) = env.ledger.append([Submission(first)])
+    assert isinstance(recorded, Receipt)
+
+    outcomes = env.ledger.append(
+        [
+            Submission(attest(other, nonce=nonce)),
+            Submission(first),
+            Submission(attest(env.registrar, nonce=nonce)),
+            Submission(attest(env.registrar)),
+        ]
+    )
+
+    same_nonce, resent, replayed, fresh = outcomes
+    assert isinstance(same_nonce, Receipt), same_nonce
+    assert isinstance(resent, Receipt)
+    assert (resent.seq, resent.duplicate) == (recorded.seq, True)
+    assert code_of(replayed) == "replayed-nonce"
+    assert isinstance(fresh, Receipt)
+    assert (same_nonce.seq, fresh.seq) == (recorded.seq + 1, recorded.seq + 2)
+    assert env.ledger.reader.record(same_nonce.seq).fields["actor"] == other.name
+    (alone,) = env.ledger.append(
+        [Submission(attest(register(env, unique("lab"), "pharmacy"), nonce=nonce))]
+    )
+    assert isinstance(alone, Receipt), alone
+
+
 def test_a_refusal_in_the_middle_of_a_batch_does_not_move_later_seqs(
     ledger_env: LedgerEnv,
 ) -> None:

@@ -29,13 +29,13 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, text, update
 
 from ledger.core import merkle
 from ledger.core.checkpoint import Checkpoint
@@ -432,20 +432,20 @@ class Sequencer:
                 outcomes[p.index] = _replayed(statement.actor, statement.nonce)
         if not seen:
             return
-        query = select(records.c.seq, records.c.actor, records.c.nonce, records.c.record_bytes)
-        for condition in pairs_in(records.c.actor, records.c.nonce, list(seen)):
-            for row in conn.execute(query.where(condition)):
-                # The first statement of the batch with this (actor, nonce); later
-                # identical copies follow it (in_batch_of), different ones are refused.
-                p = seen[(row.actor, row.nonce)]
-                stored = Record.from_bytes(bytes(row.record_bytes))
-                if (stored.statement_bytes, stored.signature) == (
-                    p.submission.signed.signed_bytes,
-                    p.submission.signed.signature,
-                ):
-                    p.duplicate_of = int(row.seq)
-                else:
-                    outcomes[p.index] = _replayed(row.actor, row.nonce)
+        for row in _recorded_nonces(conn, seen):
+            # The first statement of the batch with this (actor, nonce); later
+            # identical copies follow it (in_batch_of), different ones are refused.
+            waiting = seen.get((row.actor, row.nonce))
+            if waiting is None:
+                continue  # another actor's statement with the same nonce
+            stored = Record.from_bytes(bytes(row.record_bytes))
+            if (stored.statement_bytes, stored.signature) == (
+                waiting.submission.signed.signed_bytes,
+                waiting.submission.signed.signature,
+            ):
+                waiting.duplicate_of = int(row.seq)
+            else:
+                outcomes[waiting.index] = _replayed(row.actor, row.nonce)
 
     def _write(
         self,
@@ -540,6 +540,7 @@ class Sequencer:
             .where(log_head.c.id == 1)
             .values(size=size, head_hash=head_hash, root_hash=root)
         )
+        proofs = merkle.inclusion_proofs(range(head.size, size), size, nodes)
         return [
             Receipt(
                 seq=head.size + offset,
@@ -548,10 +549,32 @@ class Sequencer:
                 received_at=received_at,
                 checkpoint=note,
                 tree_size=size,
-                inclusion_proof=tuple(merkle.inclusion_proof(head.size + offset, size, nodes)),
+                inclusion_proof=tuple(proofs[offset]),
             )
             for offset in range(len(accepted))
         ]
+
+
+_BY_NONCES_PG = text(
+    "SELECT seq, actor, nonce, record_bytes FROM records WHERE nonce = ANY(:nonces)"
+)
+
+
+def _recorded_nonces(conn: Connection, pairs: Iterable[tuple[str, str]]) -> Iterator[Any]:
+    """Rows ``(seq, actor, nonce, record_bytes)`` of recorded statements with one of
+    the ``(actor, nonce)`` pairs, and maybe others sharing a nonce (to be skipped).
+
+    PostgreSQL: one array parameter (a batch's thousand nonces as a thousand
+    bind parameters cost more to render and parse than the lookups do);
+    SQLite: ``pairs_in``. Both use the (nonce, actor) index.
+    """
+    pairs = list(pairs)
+    if conn.dialect.name == "postgresql":
+        yield from conn.execute(_BY_NONCES_PG, {"nonces": sorted({n for _, n in pairs})})
+        return
+    query = select(records.c.seq, records.c.actor, records.c.nonce, records.c.record_bytes)
+    for condition in pairs_in(records.c.actor, records.c.nonce, pairs):
+        yield from conn.execute(query.where(condition))
 
 
 def lock_head(conn: Connection) -> tuple[int, bytes]:
