@@ -437,7 +437,7 @@ class Sequencer:
             # identical copies follow it (in_batch_of), different ones are refused.
             waiting = seen.get((row.actor, row.nonce))
             if waiting is None:
-                continue  # another actor's statement with the same nonce
+                continue  # not one of the batch's pairs (never, as queried)
             stored = Record.from_bytes(bytes(row.record_bytes))
             if (stored.statement_bytes, stored.signature) == (
                 waiting.submission.signed.signed_bytes,
@@ -555,22 +555,27 @@ class Sequencer:
         ]
 
 
-_BY_NONCES_PG = text(
-    "SELECT seq, actor, nonce, record_bytes FROM records WHERE nonce = ANY(:nonces)"
+_BY_PAIRS_PG = text(
+    "SELECT r.seq, r.actor, r.nonce, r.record_bytes"
+    " FROM unnest(CAST(:actors AS text[]), CAST(:nonces AS text[])) AS u(actor, nonce)"
+    " JOIN records r ON r.nonce = u.nonce AND r.actor = u.actor"
 )
 
 
 def _recorded_nonces(conn: Connection, pairs: Iterable[tuple[str, str]]) -> Iterator[Any]:
-    """Rows ``(seq, actor, nonce, record_bytes)`` of recorded statements with one of
-    the ``(actor, nonce)`` pairs, and maybe others sharing a nonce (to be skipped).
+    """Rows ``(seq, actor, nonce, record_bytes)`` of the recorded statements with
+    one of the ``(actor, nonce)`` pairs.
 
-    PostgreSQL: one array parameter (a batch's thousand nonces as a thousand
-    bind parameters cost more to render and parse than the lookups do);
-    SQLite: ``pairs_in``. Both use the (nonce, actor) index.
+    PostgreSQL: the pairs as two array parameters, joined on the unique
+    (nonce, actor) index: a batch's thousand pairs as bind parameters cost
+    more to render and parse than the lookups do, and the join on both
+    columns is planned as index lookups even before the table has statistics
+    (``nonce = ANY(...)`` alone is not, and scans it). SQLite: ``pairs_in``.
     """
     pairs = list(pairs)
     if conn.dialect.name == "postgresql":
-        yield from conn.execute(_BY_NONCES_PG, {"nonces": sorted({n for _, n in pairs})})
+        actors, nonces = [a for a, _ in pairs], [n for _, n in pairs]
+        yield from conn.execute(_BY_PAIRS_PG, {"actors": actors, "nonces": nonces})
         return
     query = select(records.c.seq, records.c.actor, records.c.nonce, records.c.record_bytes)
     for condition in pairs_in(records.c.actor, records.c.nonce, pairs):
