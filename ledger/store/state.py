@@ -6,7 +6,23 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, overload
 
-from sqlalchemy import ColumnElement, Connection, Table, and_, delete, insert, or_, select, text
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    insert,
+    or_,
+    select,
+    text,
+)
 
 from ledger.domain.state import Document, MemoryState, Put
 from ledger.domain.wallet import CONSENTS, Terms, consent_terms
@@ -53,8 +69,23 @@ def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
     assert raw is not None
     statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
     with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        # the columns' types, so that psycopg need not look at each value's
+        types = [_COPY_TYPES.get(type(table.c[c].type), "") for c in columns]
+        if all(types):  # else (a type not in the table) psycopg looks at each value
+            copy.set_types(types)
         for row in rows:
             copy.write_row([row[c] for c in columns])
+
+
+#: PostgreSQL type names for COPY (set_types), by SQLAlchemy column type
+_COPY_TYPES: dict[type[Any], str] = {
+    BigInteger: "int8",
+    Integer: "int4",
+    SmallInteger: "int2",
+    LargeBinary: "bytea",
+    String: "text",
+    Text: "text",
+}
 
 
 def encode(value: Document) -> str:
