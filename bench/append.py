@@ -48,6 +48,7 @@ def _plain_table(conn, sqlite: bool) -> None:  # type: ignore[no-untyped-def]
 
 
 def worker(backend: str, batch: int, n: int, warmup: int) -> dict:
+    from ledger.core.note import Verifier
     from ledger.store.db import WRITE, is_sqlite
     from ledger.store.sequencer import Submission
 
@@ -132,6 +133,25 @@ def worker(backend: str, batch: int, n: int, warmup: int) -> dict:
         for i in range(0, len(subs), batch):
             bl.ledger.sequencer._prechecks(subs[i : i + batch])
         check_s = time.perf_counter() - t
+        # What the ledger's own code allows when the Ed25519 checks take no
+        # time (as with enough cores for them: they run outside the lock and
+        # without the GIL): the same appends of fresh statements, with the
+        # signature check stubbed out, in this process only.
+        serial_n = min(n, 20_000)
+        serial = C.sign_attests(bl.registrar, serial_n)
+        real_verify = Verifier.verify
+        Verifier.verify = lambda self, message, signature: True  # type: ignore[method-assign]
+        try:
+            serial_s = 0.0
+            for i in range(0, serial_n, batch):
+                subs = [Submission(s) for s in serial[i : i + batch]]
+                t = time.perf_counter()
+                outcomes = bl.ledger.append(subs)
+                serial_s += time.perf_counter() - t
+                if any(not hasattr(o, "seq") for o in outcomes):
+                    raise RuntimeError("refused with signatures stubbed")
+        finally:
+            Verifier.verify = real_verify  # type: ignore[method-assign]
         bl.close()
         tenth = max(1, len(ledger_lat) // 10)
         return {
@@ -158,6 +178,12 @@ def worker(backend: str, batch: int, n: int, warmup: int) -> dict:
             "signature_ceiling": {
                 "records_per_s": len(subs) / check_s,
                 "ratio": (len(subs) / check_s) / (n / plain_s),
+            },
+            "without_signatures": {
+                "n": serial_n,
+                "records_per_s": serial_n / serial_s,
+                "us_per_record": serial_s / serial_n * 1e6,
+                "ratio": (serial_n / serial_s) / (n / plain_s),
             },
             "peak_rss_mb": C.peak_rss_mb(),
         }
@@ -303,7 +329,9 @@ def main() -> None:
                 f"{res['baseline']['records_per_s']:,.0f} rec/s, "
                 f"ratio {res['ratio']:.0%}; signature checks alone "
                 f"{res['signature_ceiling']['records_per_s']:,.0f} rec/s "
-                f"({res['signature_ceiling']['ratio']:.0%} of baseline)",
+                f"({res['signature_ceiling']['ratio']:.0%} of baseline); without them "
+                f"{res['without_signatures']['records_per_s']:,.0f} rec/s "
+                f"({res['without_signatures']['ratio']:.0%} of baseline)",
                 flush=True,
             )
 
@@ -321,6 +349,8 @@ def main() -> None:
                 f"{r['ratio']:.0%}",
                 r["signature_ceiling"]["records_per_s"],
                 f"{r['signature_ceiling']['ratio']:.0%}",
+                r["without_signatures"]["records_per_s"],
+                f"{r['without_signatures']['ratio']:.0%}",
                 r["ledger_rate_first_10pct"],
                 r["ledger_rate_last_10pct"],
                 lg["latency"]["p50_ms"],
@@ -340,6 +370,8 @@ def main() -> None:
             "ratio",
             "sig checks alone rec/s",
             "alone % of plain",
+            "ledger w/o sig checks rec/s",
+            "w/o % of plain",
             "ledger rec/s first 10%",
             "last 10%",
             "ledger p50 ms",
@@ -351,7 +383,9 @@ def main() -> None:
         rows,
         title="append throughput (ledger = Ledger.append; plain = executemany INSERT, "
         "1 txn per batch; sig checks alone = the ledger's Ed25519 checks of the same "
-        "statements and nothing else, a ceiling for any append)",
+        "statements and nothing else, a ceiling for any append; w/o sig checks = the "
+        "same appends with Ed25519 stubbed: what the ledger's own work allows when the "
+        "checks have cores of their own)",
     )
     shown = set()
     for r in cases:
@@ -376,6 +410,14 @@ def main() -> None:
                     "goal": f">= {GOAL_RATIO:.0%} of baseline, {r['backend']} batch {r['batch']}",
                     "value": r["ratio"],
                     "met": r["ratio"] >= GOAL_RATIO,
+                }
+            )
+            goals.append(
+                {
+                    "goal": f">= {GOAL_RATIO:.0%} of baseline without the Ed25519 checks "
+                    f"(cores enough for them), {r['backend']} batch {r['batch']}",
+                    "value": r["without_signatures"]["ratio"],
+                    "met": r["without_signatures"]["ratio"] >= GOAL_RATIO,
                 }
             )
             ceiling = r["signature_ceiling"]["ratio"]
