@@ -8,6 +8,7 @@ nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -120,6 +121,9 @@ def test_batches_get_consecutive_seqs_prev_links_and_one_checkpoint_each(
         checkpoint, _ = open_checkpoint(notes.pop(), origin=env.origin, verifier=log_key)
         assert checkpoint.size == next_seq + size
         for receipt in receipts:
+            # made without __init__ (ledger.core.frozen): the same value, every field
+            assert receipt == Receipt(**vars(receipt))
+            assert vars(receipt).keys() == {f.name for f in dataclasses.fields(Receipt)}
             assert receipt.prev == prev_hash.hex()
             assert receipt.tree_size == checkpoint.size
             record = env.ledger.reader.record(receipt.seq)

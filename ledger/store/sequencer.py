@@ -44,6 +44,7 @@ from ledger.core.errors import (
     RejectionError,
     StorageError,
 )
+from ledger.core.frozen import make_frozen
 from ledger.core.note import Signer
 from ledger.core.record import GENESIS_PREV, Record, build_record_bytes
 from ledger.core.statement import (
@@ -542,14 +543,18 @@ class Sequencer:
         )
         proofs = merkle.inclusion_proofs(range(head.size, size), size, nodes)
         return [
-            Receipt(
-                seq=head.size + offset,
-                prev=prevs[offset],
-                record_hash=hashes[offset],
-                received_at=received_at,
-                checkpoint=note,
-                tree_size=size,
-                inclusion_proof=tuple(proofs[offset]),
+            make_frozen(  # once per record appended: see ledger.core.frozen
+                Receipt,
+                {
+                    "seq": head.size + offset,
+                    "prev": prevs[offset],
+                    "record_hash": hashes[offset],
+                    "received_at": received_at,
+                    "checkpoint": note,
+                    "tree_size": size,
+                    "inclusion_proof": tuple(proofs[offset]),
+                    "duplicate": False,
+                },
             )
             for offset in range(len(accepted))
         ]
