@@ -49,6 +49,7 @@ def _plain_table(conn, sqlite: bool) -> None:  # type: ignore[no-untyped-def]
 
 def worker(backend: str, batch: int, n: int, warmup: int) -> dict:
     from ledger.core.note import Verifier
+    from ledger.runtime import tune_collector
     from ledger.store.db import WRITE, is_sqlite
     from ledger.store.sequencer import Submission
 
@@ -86,6 +87,10 @@ def worker(backend: str, batch: int, n: int, warmup: int) -> dict:
                     insert_sql,
                     [(-1 - i, s.signed_bytes, s.signature) for i, s in enumerate(ws[:batch])],
                 )
+
+        # the collector as `rxledger serve` sets it (ledger.runtime), for both the
+        # baseline and the ledger
+        tune_collector()
 
         # chunks small enough to be appended well within the 5-minute skew window
         chunk = 500 if batch == 1 else 20_000

@@ -29,6 +29,7 @@ from cli.common import (
 )
 from ledger.core.errors import LedgerError, VerificationError
 from ledger.core.note import Signer
+from ledger.runtime import collector_tuned, tune_collector
 from ledger.store.db import default_database_url, make_engine
 
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "Failure", "VerificationFailure", "main", "open_existing"]
@@ -150,6 +151,7 @@ def serve(database_url: str | None, host: str, port: int, log_key_file: Path | N
     click.echo(f"rxledger serving {origin} on http://{host}:{port}", err=True)
     for endpoint in witnesses:
         click.echo(f"checkpoints are sent to witness {endpoint.verifier.name}", err=True)
+    tune_collector()  # docs/design/sequencing.md
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_level="warning")
 
 
@@ -216,14 +218,15 @@ def demo(database_url: str | None, prescriptions: int, seed: int, as_json: bool)
                 err=True,
             )
 
-        report = run_demo(
-            ledger,
-            registrar,
-            prescriptions=prescriptions,
-            seed=seed,
-            key_dir=settlement_dir,
-            progress=progress if on_terminal else None,
-        )
+        with collector_tuned():  # thousands of appends (ledger.runtime)
+            report = run_demo(
+                ledger,
+                registrar,
+                prescriptions=prescriptions,
+                seed=seed,
+                key_dir=settlement_dir,
+                progress=progress if on_terminal else None,
+            )
         if on_terminal:
             click.echo("", err=True)
     finally:

@@ -27,6 +27,7 @@ from ledger.core.errors import (
     RecordError,
     VerificationError,
 )
+from ledger.runtime import collector_tuned
 
 
 class Progress:
@@ -191,37 +192,38 @@ def verify(
     needed = _quorum(witnesses, quorum)
     progress = Progress(0, enabled=not as_json and sys.stderr.isatty())
     try:
-        if url is not None:
-            summary, text = _verify_url(
-                url=url,
-                state_file=state_file,
-                log_key=log_key,
-                registrar_key=registrar_key,
-                witnesses=witnesses,
-                quorum=needed,
-                progress=progress,
-            )
-        elif bundle is not None:
-            summary, text = _verify_bundle(
-                bundle=bundle,
-                log_key=log_key,
-                registrar_key=registrar_key,
-                witnesses=witnesses,
-                quorum=needed,
-                progress=progress,
-            )
-        elif proof_file is not None:
-            summary, text = _verify_proof(proof_file, log_key, witnesses, needed)
-        else:
-            summary, text = _verify_db(
-                database_url=database_url,
-                log_key=log_key,
-                registrar_key=registrar_key,
-                witnesses=witnesses,
-                quorum=needed,
-                progress=progress,
-                jobs=jobs if jobs is not None else (os.cpu_count() or 1),
-            )
+        with collector_tuned():  # many short-lived objects per record (ledger.runtime)
+            if url is not None:
+                summary, text = _verify_url(
+                    url=url,
+                    state_file=state_file,
+                    log_key=log_key,
+                    registrar_key=registrar_key,
+                    witnesses=witnesses,
+                    quorum=needed,
+                    progress=progress,
+                )
+            elif bundle is not None:
+                summary, text = _verify_bundle(
+                    bundle=bundle,
+                    log_key=log_key,
+                    registrar_key=registrar_key,
+                    witnesses=witnesses,
+                    quorum=needed,
+                    progress=progress,
+                )
+            elif proof_file is not None:
+                summary, text = _verify_proof(proof_file, log_key, witnesses, needed)
+            else:
+                summary, text = _verify_db(
+                    database_url=database_url,
+                    log_key=log_key,
+                    registrar_key=registrar_key,
+                    witnesses=witnesses,
+                    quorum=needed,
+                    progress=progress,
+                    jobs=jobs if jobs is not None else (os.cpu_count() or 1),
+                )
     except VerificationError as e:
         progress.close()
         message = str(e)
