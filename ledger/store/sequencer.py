@@ -196,8 +196,9 @@ class Sequencer:
         self._docs: dict[tuple[str, str], Document | None] = {}
         self._docs_size = -1
         self._docs_lock = threading.Lock()
-        # The tree's frontier after our last commit: (size, head hash, nodes).
-        self._frontier: tuple[int, bytes, dict[merkle.NodeId, bytes]] | None = None
+        # The tree's frontier after our last commit: (size, head hash, nodes, the
+        # last record's received_at).
+        self._frontier: tuple[int, bytes, dict[merkle.NodeId, bytes], str] | None = None
         self.log_signer = log_signer
         self.origin = origin
         self.clock = clock
@@ -403,6 +404,10 @@ class Sequencer:
 
     def _lock_head(self, conn: Connection) -> _Head:
         size, head_hash = lock_head(conn)
+        known = self._frontier
+        if known is not None and known[0] == size and known[1] == head_hash:
+            # no other writer since our last commit: its frontier and time stand
+            return _Head(size, head_hash, known[3], dict(known[2]))
         last = ""
         if size:
             last = conn.execute(
@@ -410,10 +415,7 @@ class Sequencer:
             ).scalar_one()
         head = _Head(size=size, head_hash=head_hash, last_received_at=last)
         wanted = merkle.frontier(size)
-        known = self._frontier
-        if known is not None and known[0] == size and known[1] == head_hash:
-            head.nodes = dict(known[2])  # no other writer since our last commit
-        elif wanted:
+        if wanted:
             head.nodes = fetch_nodes(conn, wanted)
         return head
 
@@ -518,7 +520,12 @@ class Sequencer:
         head_hash = hashes[-1]
         # Checked against the head under the lock before use, so it is safe to
         # keep even if this transaction does not commit.
-        self._frontier = (size, head_hash, {n: nodes[n] for n in merkle.frontier(size)})
+        self._frontier = (
+            size,
+            head_hash,
+            {n: nodes[n] for n in merkle.frontier(size)},
+            received_at,
+        )
         note = Checkpoint(
             origin=self.origin, size=size, root_hash=root, extensions=(head_extension(head_hash),)
         ).sign([self.log_signer])
@@ -535,12 +542,7 @@ class Sequencer:
                     self.vault.shred_owner(conn, shredded_owner, head.size + offset)
                     fresh_keys.pop(shredded_owner, None)
                 self.vault.shred_records(conn, seqs, head.size + offset)
-        conn.execute(insert(checkpoints).values(size=size, note=note))
-        conn.execute(
-            update(log_head)
-            .where(log_head.c.id == 1)
-            .values(size=size, head_hash=head_hash, root_hash=root)
-        )
+        _advance_head(conn, note, size, head_hash, root)
         proofs = merkle.inclusion_proofs(range(head.size, size), size, nodes)
         return [
             make_frozen(  # once per record appended: see ledger.core.frozen
@@ -585,6 +587,28 @@ def _recorded_nonces(conn: Connection, pairs: Iterable[tuple[str, str]]) -> Iter
     query = select(records.c.seq, records.c.actor, records.c.nonce, records.c.record_bytes)
     for condition in pairs_in(records.c.actor, records.c.nonce, pairs):
         yield from conn.execute(query.where(condition))
+
+
+_ADVANCE_HEAD_PG = text(
+    "WITH checkpoint AS (INSERT INTO checkpoints (size, note) VALUES (:size, :note))"
+    " UPDATE log_head SET size = :size, head_hash = :head_hash, root_hash = :root WHERE id = 1"
+)
+
+
+def _advance_head(conn: Connection, note: str, size: int, head_hash: bytes, root: bytes) -> None:
+    """Store the batch's signed checkpoint and move the head to it: on PostgreSQL
+    in one statement (one round trip fewer per batch)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            _ADVANCE_HEAD_PG, {"size": size, "note": note, "head_hash": head_hash, "root": root}
+        )
+        return
+    conn.execute(insert(checkpoints).values(size=size, note=note))
+    conn.execute(
+        update(log_head)
+        .where(log_head.c.id == 1)
+        .values(size=size, head_hash=head_hash, root_hash=root)
+    )
 
 
 def lock_head(conn: Connection) -> tuple[int, bytes]:
