@@ -530,9 +530,13 @@ class Sequencer:
             origin=self.origin, size=size, root_hash=root, extensions=(head_extension(head_hash),)
         ).sign([self.log_signer])
 
-        bulk_insert(conn, records, record_rows)
+        if conn.dialect.name == "postgresql":
+            _write_log_pg(conn, record_rows, new_nodes, note, size, head_hash, root)
+        else:
+            bulk_insert(conn, records, record_rows)
+            bulk_insert(conn, merkle_nodes, new_nodes)
+            _advance_head(conn, note, size, head_hash, root)
         bulk_insert(conn, payloads, payload_rows)
-        bulk_insert(conn, merkle_nodes, new_nodes)
         project(conn, state.take_pending())
         for offset, item in enumerate(accepted):
             shredding = item.submission.signed.statement
@@ -542,7 +546,6 @@ class Sequencer:
                     self.vault.shred_owner(conn, shredded_owner, head.size + offset)
                     fresh_keys.pop(shredded_owner, None)
                 self.vault.shred_records(conn, seqs, head.size + offset)
-        _advance_head(conn, note, size, head_hash, root)
         proofs = merkle.inclusion_proofs(range(head.size, size), size, nodes)
         return [
             make_frozen(  # once per record appended: see ledger.core.frozen
@@ -589,20 +592,56 @@ def _recorded_nonces(conn: Connection, pairs: Iterable[tuple[str, str]]) -> Iter
         yield from conn.execute(query.where(condition))
 
 
-_ADVANCE_HEAD_PG = text(
-    "WITH checkpoint AS (INSERT INTO checkpoints (size, note) VALUES (:size, :note))"
-    " UPDATE log_head SET size = :size, head_hash = :head_hash, root_hash = :root WHERE id = 1"
+#: a batch's records, Merkle nodes, checkpoint and new head in one statement
+#: (one round trip): each table's rows as arrays, one per column, sent binary
+_WRITE_LOG_PG = (
+    "WITH new_records AS ("
+    " INSERT INTO records (seq, record_hash, actor, nonce, type, received_at, record_bytes)"
+    " SELECT * FROM unnest(%(seq)b::int8[], %(record_hash)b::bytea[], %(actor)b::text[],"
+    " %(nonce)b::text[], %(type)b::text[], %(received_at)b::text[], %(record_bytes)b::bytea[])"
+    "), new_nodes AS ("
+    " INSERT INTO merkle_nodes (level, idx, hash)"
+    " SELECT * FROM unnest(%(level)b::int2[], %(idx)b::int8[], %(hash)b::bytea[])"
+    "), new_checkpoint AS ("
+    " INSERT INTO checkpoints (size, note) VALUES (%(size)s, %(note)s)"
+    ") UPDATE log_head SET size = %(size)s, head_hash = %(head_hash)b, root_hash = %(root)b"
+    " WHERE id = 1"
 )
 
 
+def _write_log_pg(  # noqa: PLR0917 - one row per column group, private
+    conn: Connection,
+    record_rows: list[dict[str, Any]],
+    node_rows: list[dict[str, Any]],
+    note: str,
+    size: int,
+    head_hash: bytes,
+    root: bytes,
+) -> None:
+    """PostgreSQL: a batch's log rows and its new head in one statement.
+
+    A COPY costs two round trips to the server and each insert or update
+    one; at a hundred statements a batch those round trips were a large part
+    of the append. Everything stays in the caller's transaction.
+    """
+    params: dict[str, Any] = {
+        column: [row[column] for row in rows]
+        for rows, columns in ((record_rows, _RECORD_COLUMNS), (node_rows, _NODE_COLUMNS))
+        for column in columns
+    }
+    params |= {"size": size, "note": note, "head_hash": head_hash, "root": root}
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cursor:
+        cursor.execute(_WRITE_LOG_PG, params)
+
+
+_RECORD_COLUMNS = ("seq", "record_hash", "actor", "nonce", "type", "received_at", "record_bytes")
+_NODE_COLUMNS = ("level", "idx", "hash")
+
+
 def _advance_head(conn: Connection, note: str, size: int, head_hash: bytes, root: bytes) -> None:
-    """Store the batch's signed checkpoint and move the head to it: on PostgreSQL
-    in one statement (one round trip fewer per batch)."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(
-            _ADVANCE_HEAD_PG, {"size": size, "note": note, "head_hash": head_hash, "root": root}
-        )
-        return
+    """Store the batch's signed checkpoint and move the head to it."""
     conn.execute(insert(checkpoints).values(size=size, note=note))
     conn.execute(
         update(log_head)
