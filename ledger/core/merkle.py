@@ -381,21 +381,40 @@ class _ProofPlan:
         return [*self.siblings, *self.right, *self.left]
 
     def hashes(
-        self, nodes: Mapping[NodeId, bytes], folded: dict[NodeId, bytes] | None = None
+        self, nodes: Mapping[NodeId, bytes], shared: _SharedParts | None = None
     ) -> list[bytes]:
-        """The proof's hashes from ``nodes``. ``folded`` keeps the folds of right
-        edges, by their first node, for proofs in the same tree to share."""
+        """The proof's hashes from ``nodes``. ``shared`` keeps the parts that
+        proofs in the same tree have in common, for the next to reuse."""
         proof = [_get(nodes, node_id) for node_id in self.siblings]
         if self.right:
             first = self.right[0]
-            edge = None if folded is None else folded.get(first)
+            edge = None if shared is None else shared.right.get(first)
             if edge is None:
                 edge = _fold([_get(nodes, node_id) for node_id in self.right])
-                if folded is not None:
-                    folded[first] = edge
+                if shared is not None:
+                    shared.right[first] = edge
             proof.append(edge)
-        proof.extend(_get(nodes, node_id) for node_id in self.left)
+        if self.left:
+            first = self.left[0]
+            left = None if shared is None else shared.left.get(first)
+            if left is None:
+                left = [_get(nodes, node_id) for node_id in self.left]
+                if shared is not None:
+                    shared.left[first] = left
+            proof += left
         return proof
+
+
+class _SharedParts:
+    """What inclusion proofs in one tree share, by the first node of the part:
+    the fold of the imperfect right edge, and the hashes of the nodes left of
+    the fork."""
+
+    __slots__ = ("left", "right")
+
+    def __init__(self) -> None:
+        self.right: dict[NodeId, bytes] = {}
+        self.left: dict[NodeId, list[bytes]] = {}
 
 
 def _get(nodes: Mapping[NodeId, bytes], node_id: NodeId) -> bytes:
@@ -483,15 +502,16 @@ def inclusion_proofs(
 ) -> list[list[bytes]]:
     """:func:`inclusion_proof` of each leaf in ``leaf_indices``, in one tree.
 
-    The same proofs, cheaper for many leaves (a batch's receipts): the hash of
-    the imperfect right edge, which every proof whose path forks at the same
-    node shares, is folded once. ``nodes`` must hold every proof's nodes.
+    The same proofs, cheaper for many leaves (a batch's receipts): what every
+    proof whose path forks at the same node shares (the hash of the imperfect
+    right edge, the nodes left of the fork) is looked up and folded once.
+    ``nodes`` must hold every proof's nodes.
     """
-    folded: dict[NodeId, bytes] = {}
+    shared = _SharedParts()
     proofs = []
     for leaf_index in leaf_indices:
         _check_inclusion_args(leaf_index, tree_size)
-        proofs.append(_ProofPlan(0, leaf_index, tree_size).hashes(nodes, folded))
+        proofs.append(_ProofPlan(0, leaf_index, tree_size).hashes(nodes, shared))
     return proofs
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, text, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from ledger.core import merkle
 from ledger.core.checkpoint import Checkpoint
@@ -435,20 +435,20 @@ class Sequencer:
                 outcomes[p.index] = _replayed(statement.actor, statement.nonce)
         if not seen:
             return
-        for row in _recorded_nonces(conn, seen):
+        for seq, actor, nonce, data in _recorded_nonces(conn, seen):
             # The first statement of the batch with this (actor, nonce); later
             # identical copies follow it (in_batch_of), different ones are refused.
-            waiting = seen.get((row.actor, row.nonce))
+            waiting = seen.get((actor, nonce))
             if waiting is None:
                 continue  # not one of the batch's pairs (never, as queried)
-            stored = Record.from_bytes(bytes(row.record_bytes))
+            stored = Record.from_bytes(bytes(data))
             if (stored.statement_bytes, stored.signature) == (
                 waiting.submission.signed.signed_bytes,
                 waiting.submission.signed.signature,
             ):
-                waiting.duplicate_of = int(row.seq)
+                waiting.duplicate_of = int(seq)
             else:
-                outcomes[waiting.index] = _replayed(row.actor, row.nonce)
+                outcomes[waiting.index] = _replayed(actor, nonce)
 
     def _write(
         self,
@@ -565,31 +565,39 @@ class Sequencer:
         ]
 
 
-_BY_PAIRS_PG = text(
+_BY_PAIRS_PG = (
     "SELECT r.seq, r.actor, r.nonce, r.record_bytes"
-    " FROM unnest(CAST(:actors AS text[]), CAST(:nonces AS text[])) AS u(actor, nonce)"
+    " FROM unnest(%(actors)b::text[], %(nonces)b::text[]) AS u(actor, nonce)"
     " JOIN records r ON r.nonce = u.nonce AND r.actor = u.actor"
 )
 
 
-def _recorded_nonces(conn: Connection, pairs: Iterable[tuple[str, str]]) -> Iterator[Any]:
-    """Rows ``(seq, actor, nonce, record_bytes)`` of the recorded statements with
-    one of the ``(actor, nonce)`` pairs.
+def _recorded_nonces(
+    conn: Connection, pairs: Iterable[tuple[str, str]]
+) -> Iterator[tuple[int, str, str, bytes]]:
+    """``(seq, actor, nonce, record_bytes)`` of the recorded statements with one
+    of the ``(actor, nonce)`` pairs.
 
-    PostgreSQL: the pairs as two array parameters, joined on the unique
-    (nonce, actor) index: a batch's thousand pairs as bind parameters cost
-    more to render and parse than the lookups do, and the join on both
+    PostgreSQL: the pairs as two array parameters (sent binary), joined on the
+    unique (nonce, actor) index: a batch's thousand pairs as bind parameters
+    cost more to render and parse than the lookups do, and the join on both
     columns is planned as index lookups even before the table has statistics
     (``nonce = ANY(...)`` alone is not, and scans it). SQLite: ``pairs_in``.
     """
     pairs = list(pairs)
     if conn.dialect.name == "postgresql":
-        actors, nonces = [a for a, _ in pairs], [n for _, n in pairs]
-        yield from conn.execute(_BY_PAIRS_PG, {"actors": actors, "nonces": nonces})
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cursor:
+            cursor.execute(
+                _BY_PAIRS_PG, {"actors": [a for a, _ in pairs], "nonces": [n for _, n in pairs]}
+            )
+            yield from cursor.fetchall()
         return
     query = select(records.c.seq, records.c.actor, records.c.nonce, records.c.record_bytes)
     for condition in pairs_in(records.c.actor, records.c.nonce, pairs):
-        yield from conn.execute(query.where(condition))
+        for row in conn.execute(query.where(condition)):
+            yield row.seq, row.actor, row.nonce, row.record_bytes
 
 
 #: a batch's records, Merkle nodes, checkpoint and new head in one statement
