@@ -149,9 +149,9 @@ def worker(backend: str, batch: int, n: int, warmup: int) -> dict:
         try:
             serial_s = 0.0
             for i in range(0, serial_n, batch):
-                subs = [Submission(s) for s in serial[i : i + batch]]
+                part = [Submission(s) for s in serial[i : i + batch]]
                 t = time.perf_counter()
-                outcomes = bl.ledger.append(subs)
+                outcomes = bl.ledger.append(part)
                 serial_s += time.perf_counter() - t
                 if any(not hasattr(o, "seq") for o in outcomes):
                     raise RuntimeError("refused with signatures stubbed")
