@@ -385,7 +385,10 @@ class _ProofPlan:
     ) -> list[bytes]:
         """The proof's hashes from ``nodes``. ``shared`` keeps the parts that
         proofs in the same tree have in common, for the next to reuse."""
-        proof = [_get(nodes, node_id) for node_id in self.siblings]
+        try:
+            proof = [nodes[node_id] for node_id in self.siblings]  # one per level: hot
+        except KeyError:
+            proof = [_get(nodes, node_id) for node_id in self.siblings]  # names the missing one
         if self.right:
             first = self.right[0]
             edge = None if shared is None else shared.right.get(first)
