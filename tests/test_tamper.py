@@ -34,6 +34,7 @@ from ledger.core.errors import (
     CheckpointError,
     ConsistencyProofError,
     MerkleNodeError,
+    PayloadError,
     RangeError,
     RecordError,
     RootMismatchError,
@@ -796,3 +797,26 @@ def test_tampering_is_located_in_small_pages_and_chunks(
             workers=workers,
         )
     expect.check(caught.value, built)
+
+
+def test_a_second_payload_row_for_a_record_is_found(ledger_env: LedgerEnv) -> None:
+    """The table's key forbids two payload rows for one record; whoever rewrites
+    the database can drop the key, and verify must not pick one and ignore the
+    other."""
+    b = build(ledger_env)
+    with b.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("ALTER TABLE payloads DROP CONSTRAINT payloads_pkey")
+        else:  # SQLite cannot drop a key: the table is made again without it
+            conn.exec_driver_sql("CREATE TABLE payloads_bare AS SELECT * FROM payloads")
+            conn.exec_driver_sql("DROP TABLE payloads")
+            conn.exec_driver_sql("ALTER TABLE payloads_bare RENAME TO payloads")
+        row = conn.execute(select(payloads).where(payloads.c.seq == b.payload_seq)).one()
+        conn.execute(insert(payloads).values(**row._mapping))
+    with pytest.raises(VerificationError) as caught:
+        verify_database(
+            b.engine, log_key=ledger_env.log_vkey, registrar_key=ledger_env.registrar_vkey
+        )
+    assert isinstance(caught.value, PayloadError), caught.value
+    assert caught.value.seq == b.payload_seq
+    assert "two rows" in str(caught.value)

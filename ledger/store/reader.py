@@ -267,15 +267,18 @@ class LedgerReader:
             while True:
                 rows = conn.execute(query.where(records.c.seq > after)).all()
                 stored: dict[int, Any] = {}
+                opened: dict[int, bytes | PayloadError | None] = {}
                 if rows:
                     first, last = int(rows[0][0]), int(rows[-1][0])
-                    stored = {
-                        int(row.seq): row
-                        for row in conn.execute(
-                            payload_query.where(payloads.c.seq.between(first, last))
-                        )
-                    }
-                opened = {seq: self._opened(conn, row) for seq, row in stored.items()}
+                    for row in conn.execute(
+                        payload_query.where(payloads.c.seq.between(first, last))
+                    ):
+                        seq = int(row.seq)
+                        if seq in stored:  # the table's key forbids it: tampering
+                            opened[seq] = PayloadError("payload: two rows for one record", seq=seq)
+                            continue
+                        stored[seq] = row
+                        opened[seq] = self._opened(conn, row)
                 conn.rollback()  # no read transaction held while the page is consumed
                 yield from self._items(rows, stored, opened)
                 if len(rows) < page:

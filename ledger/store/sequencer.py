@@ -572,10 +572,8 @@ _BY_PAIRS_PG = (
 )
 
 
-def _recorded_nonces(
-    conn: Connection, pairs: Iterable[tuple[str, str]]
-) -> Iterator[tuple[int, str, str, bytes]]:
-    """``(seq, actor, nonce, record_bytes)`` of the recorded statements with one
+def _recorded_nonces(conn: Connection, pairs: Iterable[tuple[str, str]]) -> Iterator[Any]:
+    """Rows ``(seq, actor, nonce, record_bytes)`` of the recorded statements with one
     of the ``(actor, nonce)`` pairs.
 
     PostgreSQL: the pairs as two array parameters (sent binary), joined on the
@@ -586,18 +584,13 @@ def _recorded_nonces(
     """
     pairs = list(pairs)
     if conn.dialect.name == "postgresql":
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        with raw.cursor() as cursor:
-            cursor.execute(
-                _BY_PAIRS_PG, {"actors": [a for a, _ in pairs], "nonces": [n for _, n in pairs]}
-            )
-            yield from cursor.fetchall()
+        yield from conn.exec_driver_sql(
+            _BY_PAIRS_PG, {"actors": [a for a, _ in pairs], "nonces": [n for _, n in pairs]}
+        )
         return
     query = select(records.c.seq, records.c.actor, records.c.nonce, records.c.record_bytes)
     for condition in pairs_in(records.c.actor, records.c.nonce, pairs):
-        for row in conn.execute(query.where(condition)):
-            yield row.seq, row.actor, row.nonce, row.record_bytes
+        yield from conn.execute(query.where(condition))
 
 
 #: a batch's records, Merkle nodes, checkpoint and new head in one statement
@@ -638,10 +631,7 @@ def _write_log_pg(  # noqa: PLR0917 - one row per column group, private
         for column in columns
     }
     params |= {"size": size, "note": note, "head_hash": head_hash, "root": root}
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    with raw.cursor() as cursor:
-        cursor.execute(_WRITE_LOG_PG, params)
+    conn.exec_driver_sql(_WRITE_LOG_PG, params)
 
 
 _RECORD_COLUMNS = ("seq", "record_hash", "actor", "nonce", "type", "received_at", "record_bytes")
