@@ -502,19 +502,38 @@ def inclusion_proof(leaf_index: int, tree_size: int, nodes: Mapping[NodeId, byte
 
 def inclusion_proofs(
     leaf_indices: Iterable[int], tree_size: int, nodes: Mapping[NodeId, bytes]
-) -> list[list[bytes]]:
-    """:func:`inclusion_proof` of each leaf in ``leaf_indices``, in one tree.
+) -> list[tuple[bytes, ...]]:
+    """:func:`inclusion_proof` of each leaf in ``leaf_indices``, in one tree, as tuples.
 
-    The same proofs, cheaper for many leaves (a batch's receipts): what every
-    proof whose path forks at the same node shares (the hash of the imperfect
-    right edge, the nodes left of the fork) is looked up and folded once.
-    ``nodes`` must hold every proof's nodes.
+    The same proofs, cheaper for many leaves (a batch's receipts). A proof is
+    the sibling of each node on the leaf's path up to the fork, then the
+    fork's own proof; the part from a node upward is the same for every leaf
+    under it, so it is built once per node and shared: neighbouring leaves
+    cost one sibling and one tuple each. What the fork proofs share (the fold
+    of the right edge, the nodes left of the fork) is looked up and folded
+    once. ``nodes`` must hold every proof's nodes.
     """
+    above: dict[NodeId, tuple[bytes, ...]] = {}  # a node's proof, from its level up
     shared = _SharedParts()
     proofs = []
     for leaf_index in leaf_indices:
-        _check_inclusion_args(leaf_index, tree_size)
-        proofs.append(_ProofPlan(0, leaf_index, tree_size).hashes(nodes, shared))
+        if not 0 <= leaf_index < tree_size:
+            _check_inclusion_args(leaf_index, tree_size)  # raises
+        level, index = 0, leaf_index
+        climbed: list[tuple[NodeId, NodeId]] = []  # (node, its sibling), leaf upward
+        while (proof := above.get((level, index))) is None:
+            if ((index >> 1) + 1) << (level + 1) > tree_size:
+                # the parent is not a perfect subtree: this node is the fork
+                proof = tuple(_ProofPlan(level, index, tree_size).hashes(nodes, shared))
+                above[level, index] = proof
+                break
+            climbed.append(((level, index), (level, index ^ 1)))
+            level += 1
+            index >>= 1
+        for node, sibling in reversed(climbed):
+            proof = (nodes[sibling] if sibling in nodes else _get(nodes, sibling), *proof)
+            above[node] = proof
+        proofs.append(proof)
     return proofs
 
 

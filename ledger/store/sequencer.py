@@ -61,6 +61,7 @@ from ledger.domain import privacy
 from ledger.domain.rules import decide
 from ledger.domain.state import Document, MemoryState, Put, State
 from ledger.store.db import WRITE, is_sqlite
+from ledger.store.pgarrays import ByteaArray, Int2Array, Int8Array, TextArray
 from ledger.store.schema import checkpoints, log_head, merkle_nodes, payloads, records
 from ledger.store.state import DbState, OverlayState, bulk_insert, pairs_in, project
 from ledger.store.vault import Vault
@@ -464,11 +465,10 @@ class Sequencer:
             head.size, [head.nodes[n] for n in merkle.frontier(head.size)]
         )
         nodes: dict[merkle.NodeId, bytes] = dict(head.nodes)
-        record_rows: list[dict[str, Any]] = []
+        log_rows = _LogRows()
         payload_rows: list[dict[str, Any]] = []
-        new_nodes: list[dict[str, Any]] = []
         prev = head.head_hash.hex() if head.size else GENESIS_PREV
-        hashes: list[bytes] = []
+        hashes = log_rows.record_hash
         prevs: list[str] = []
         for offset, item in enumerate(accepted):
             seq = head.size + offset
@@ -478,19 +478,8 @@ class Sequencer:
             )
             digest = hashlib.sha256(data).digest()
             prevs.append(prev)
-            hashes.append(digest)
             statement = signed.statement
-            record_rows.append(
-                {
-                    "seq": seq,
-                    "record_hash": digest,
-                    "actor": statement.actor,
-                    "nonce": statement.nonce,
-                    "type": statement.type,
-                    "received_at": received_at,
-                    "record_bytes": data,
-                }
-            )
+            log_rows.add_record(digest, statement.actor, statement.nonce, statement.type, data)
             if item.submission.payload is not None:
                 owner = privacy.payload_owner(state, statement)
                 payload_digest = hashlib.sha256(item.submission.payload).digest()
@@ -512,7 +501,7 @@ class Sequencer:
                 )
             for node, value in tree.append(hashlib.sha256(b"\x00" + data).digest()):
                 nodes[node] = value
-                new_nodes.append({"level": node[0], "idx": node[1], "hash": value})
+                log_rows.add_node(node, value)
             prev = digest.hex()
 
         size = tree.size
@@ -531,10 +520,10 @@ class Sequencer:
         ).sign([self.log_signer])
 
         if conn.dialect.name == "postgresql":
-            _write_log_pg(conn, record_rows, new_nodes, note, size, head_hash, root)
+            _write_log_pg(conn, log_rows, head.size, received_at, note, head_hash, root)
         else:
-            bulk_insert(conn, records, record_rows)
-            bulk_insert(conn, merkle_nodes, new_nodes)
+            bulk_insert(conn, records, log_rows.record_dicts(head.size, received_at))
+            bulk_insert(conn, merkle_nodes, log_rows.node_dicts())
             _advance_head(conn, note, size, head_hash, root)
         bulk_insert(conn, payloads, payload_rows)
         project(conn, state.take_pending())
@@ -557,7 +546,7 @@ class Sequencer:
                     "received_at": received_at,
                     "checkpoint": note,
                     "tree_size": size,
-                    "inclusion_proof": tuple(proofs[offset]),
+                    "inclusion_proof": proofs[offset],
                     "duplicate": False,
                 },
             )
@@ -585,7 +574,11 @@ def _recorded_nonces(conn: Connection, pairs: Iterable[tuple[str, str]]) -> Iter
     pairs = list(pairs)
     if conn.dialect.name == "postgresql":
         yield from conn.exec_driver_sql(
-            _BY_PAIRS_PG, {"actors": [a for a, _ in pairs], "nonces": [n for _, n in pairs]}
+            _BY_PAIRS_PG,
+            {
+                "actors": TextArray([actor for actor, _ in pairs]),
+                "nonces": TextArray([nonce for _, nonce in pairs]),
+            },
         )
         return
     query = select(records.c.seq, records.c.actor, records.c.nonce, records.c.record_bytes)
@@ -593,13 +586,67 @@ def _recorded_nonces(conn: Connection, pairs: Iterable[tuple[str, str]]) -> Iter
         yield from conn.execute(query.where(condition))
 
 
+class _LogRows:
+    """A batch's new records and Merkle nodes, a list per column."""
+
+    __slots__ = ("actor", "hash", "idx", "level", "nonce", "record_bytes", "record_hash", "type")
+
+    def __init__(self) -> None:
+        self.record_hash: list[bytes] = []
+        self.actor: list[str] = []
+        self.nonce: list[str] = []
+        self.type: list[str] = []
+        self.record_bytes: list[bytes] = []
+        self.level: list[int] = []
+        self.idx: list[int] = []
+        self.hash: list[bytes] = []
+
+    def add_record(self, digest: bytes, actor: str, nonce: str, type_: str, data: bytes) -> None:
+        self.record_hash.append(digest)
+        self.actor.append(actor)
+        self.nonce.append(nonce)
+        self.type.append(type_)
+        self.record_bytes.append(data)
+
+    def add_node(self, node: merkle.NodeId, value: bytes) -> None:
+        self.level.append(node[0])
+        self.idx.append(node[1])
+        self.hash.append(value)
+
+    def record_dicts(self, first_seq: int, received_at: str) -> list[dict[str, Any]]:
+        columns = (self.record_hash, self.actor, self.nonce, self.type, self.record_bytes)
+        return [
+            {
+                "seq": first_seq + offset,
+                "record_hash": digest,
+                "actor": actor,
+                "nonce": nonce,
+                "type": type_,
+                "received_at": received_at,
+                "record_bytes": data,
+            }
+            for offset, (digest, actor, nonce, type_, data) in enumerate(zip(*columns, strict=True))
+        ]
+
+    def node_dicts(self) -> list[dict[str, Any]]:
+        return [
+            {"level": level, "idx": idx, "hash": value}
+            for level, idx, value in zip(self.level, self.idx, self.hash, strict=True)
+        ]
+
+
 #: a batch's records, Merkle nodes, checkpoint and new head in one statement
 #: (one round trip): each table's rows as arrays, one per column, sent binary
+#: (``ledger.store.pgarrays``); a record's seq is the first seq plus its
+#: position, and every record of a batch has the same ``received_at``
 _WRITE_LOG_PG = (
     "WITH new_records AS ("
     " INSERT INTO records (seq, record_hash, actor, nonce, type, received_at, record_bytes)"
-    " SELECT * FROM unnest(%(seq)b::int8[], %(record_hash)b::bytea[], %(actor)b::text[],"
-    " %(nonce)b::text[], %(type)b::text[], %(received_at)b::text[], %(record_bytes)b::bytea[])"
+    " SELECT %(first_seq)s::int8 + u.o - 1, u.record_hash, u.actor, u.nonce, u.type,"
+    " %(received_at)s::text, u.record_bytes"
+    " FROM unnest(%(record_hash)b::bytea[], %(actor)b::text[], %(nonce)b::text[],"
+    " %(type)b::text[], %(record_bytes)b::bytea[])"
+    " WITH ORDINALITY AS u(record_hash, actor, nonce, type, record_bytes, o)"
     "), new_nodes AS ("
     " INSERT INTO merkle_nodes (level, idx, hash)"
     " SELECT * FROM unnest(%(level)b::int2[], %(idx)b::int8[], %(hash)b::bytea[])"
@@ -610,12 +657,12 @@ _WRITE_LOG_PG = (
 )
 
 
-def _write_log_pg(  # noqa: PLR0917 - one row per column group, private
+def _write_log_pg(  # noqa: PLR0917 - private
     conn: Connection,
-    record_rows: list[dict[str, Any]],
-    node_rows: list[dict[str, Any]],
+    rows: _LogRows,
+    first_seq: int,
+    received_at: str,
     note: str,
-    size: int,
     head_hash: bytes,
     root: bytes,
 ) -> None:
@@ -626,16 +673,22 @@ def _write_log_pg(  # noqa: PLR0917 - one row per column group, private
     of the append. Everything stays in the caller's transaction.
     """
     params: dict[str, Any] = {
-        column: [row[column] for row in rows]
-        for rows, columns in ((record_rows, _RECORD_COLUMNS), (node_rows, _NODE_COLUMNS))
-        for column in columns
+        "first_seq": first_seq,
+        "received_at": received_at,
+        "record_hash": ByteaArray(rows.record_hash),
+        "actor": TextArray(rows.actor),
+        "nonce": TextArray(rows.nonce),
+        "type": TextArray(rows.type),
+        "record_bytes": ByteaArray(rows.record_bytes),
+        "level": Int2Array(rows.level),
+        "idx": Int8Array(rows.idx),
+        "hash": ByteaArray(rows.hash),
+        "size": first_seq + len(rows.record_hash),
+        "note": note,
+        "head_hash": head_hash,
+        "root": root,
     }
-    params |= {"size": size, "note": note, "head_hash": head_hash, "root": root}
     conn.exec_driver_sql(_WRITE_LOG_PG, params)
-
-
-_RECORD_COLUMNS = ("seq", "record_hash", "actor", "nonce", "type", "received_at", "record_bytes")
-_NODE_COLUMNS = ("level", "idx", "hash")
 
 
 def _advance_head(conn: Connection, note: str, size: int, head_hash: bytes, root: bytes) -> None:
