@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
 from ledger.store.pgarrays import ByteaArray, Int2Array, Int8Array, TextArray
+from tests.conftest import POSTGRES_ON, POSTGRES_URL
 
 CASES = [
     (Int2Array, "int2", [0, 1, -32768, 32767]),
@@ -21,9 +22,7 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def pg() -> psycopg.Connection:  # type: ignore[type-arg]
-    from tests.conftest import POSTGRES_ON, POSTGRES_URL
-
+def pg() -> psycopg.Connection:
     if not POSTGRES_ON:
         pytest.fail("this test needs PostgreSQL: set RXLEDGER_TEST_POSTGRES_URL")
     url = make_url(POSTGRES_URL).set(drivername="postgresql")
@@ -31,7 +30,7 @@ def pg() -> psycopg.Connection:  # type: ignore[type-arg]
         yield conn
 
 
-def _round_trip(conn: psycopg.Connection, sql_type: str, value: object) -> list[object]:  # type: ignore[type-arg]
+def _round_trip(conn: psycopg.Connection, sql_type: str, value: object) -> list[object]:
     row = conn.execute(
         f"SELECT coalesce(array_agg(x ORDER BY o), '{{}}') "
         f"FROM unnest(%b::{sql_type}[]) WITH ORDINALITY AS u(x, o)",
@@ -46,7 +45,7 @@ def test_each_type_arrives_in_order(
     pg: psycopg.Connection,
     wrapper: type,
     sql_type: str,
-    values: list[object],  # type: ignore[type-arg]
+    values: list[object],
 ) -> None:
     assert _round_trip(pg, sql_type, wrapper(values)) == values
     # and exactly as psycopg's own list dumper sends them
@@ -58,13 +57,13 @@ def test_an_empty_array_is_empty(
     pg: psycopg.Connection,
     wrapper: type,
     sql_type: str,
-    values: list[object],  # type: ignore[type-arg]
+    values: list[object],
 ) -> None:
     row = pg.execute(f"SELECT cardinality(%b::{sql_type}[])", [wrapper([])]).fetchone()
     assert row == (0,)
 
 
-def test_out_of_range_is_refused_before_sending(pg: psycopg.Connection) -> None:  # type: ignore[type-arg]
+def test_out_of_range_is_refused_before_sending(pg: psycopg.Connection) -> None:
     with pytest.raises(ValueError, match="out of range"):
         pg.execute("SELECT %b::int2[]", [Int2Array([32768])])
     pg.rollback()
@@ -83,7 +82,7 @@ def test_random_arrays_round_trip(
     pg: psycopg.Connection,
     ints: list[int],
     blobs: list[bytes],
-    texts: list[str],  # type: ignore[type-arg]
+    texts: list[str],
 ) -> None:
     assert _round_trip(pg, "int8", Int8Array(ints)) == ints
     assert _round_trip(pg, "bytea", ByteaArray(blobs)) == blobs
