@@ -568,6 +568,7 @@ KINDS = (
     "clock skew",
     "replayed nonce",
     "copy of the previous",
+    "resend of a recorded one",
 )
 EXPECTED = {
     "unknown actor": "unknown-actor",
@@ -578,8 +579,18 @@ EXPECTED = {
 }
 
 
+#: per ledger, a statement recorded before the examples' batches, to send again
+_RECORDED: dict[int, SignedStatement] = {}
+
+
 def _make(env: LedgerEnv, kind: str, used_nonce: str) -> SignedStatement:
     registrar = env.registrar
+    if kind == "resend of a recorded one":
+        if id(env) not in _RECORDED:
+            signed = attest(registrar)
+            assert isinstance(append_one(env, signed), Receipt)
+            _RECORDED[id(env)] = signed
+        return _RECORDED[id(env)]
     if kind == "unknown actor":
         return attest(Signer.generate("stranger"))
     if kind == "bad signature":
@@ -593,7 +604,7 @@ def _make(env: LedgerEnv, kind: str, used_nonce: str) -> SignedStatement:
     return attest(registrar)
 
 
-@settings(max_examples=12, deadline=None, database=None)
+@settings(max_examples=16, deadline=None, database=None)
 @given(kinds=st.lists(st.sampled_from(KINDS), min_size=1, max_size=6), atomic=st.booleans())
 def test_accepted_statements_are_exactly_the_records_added(
     shared_env: LedgerEnv, kinds: list[str], atomic: bool
@@ -609,7 +620,9 @@ def test_accepted_statements_are_exactly_the_records_added(
             expected.append("duplicate" if expected[-1] in ("new", "duplicate") else expected[-1])
         else:
             batch.append(_make(env, kind, used_nonce))
-            expected.append(EXPECTED.get(kind, "new"))
+            expected.append(
+                "duplicate" if kind == "resend of a recorded one" else EXPECTED.get(kind, "new")
+            )
     size = env.ledger.reader.head().size
 
     outcomes = env.ledger.append([Submission(s) for s in batch], atomic=atomic)
