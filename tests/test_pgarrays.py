@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -22,7 +23,7 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def pg() -> psycopg.Connection:
+def pg() -> Iterator[psycopg.Connection]:
     if not POSTGRES_ON:
         pytest.fail("this test needs PostgreSQL: set RXLEDGER_TEST_POSTGRES_URL")
     url = make_url(POSTGRES_URL).set(drivername="postgresql")
