@@ -167,6 +167,7 @@ class Stream:
     acknowledged: list[tuple[Item, VerifiedReceipt]] = field(default_factory=list)
     in_doubt: list[list[Item]] = field(default_factory=list)
     in_flight_at_kill: int = 0  # requests cut off mid-way (not: refused to connect)
+    submitting: int = 0  # clients inside submit_batch now
     errors: list[BaseException] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -180,6 +181,8 @@ def _client_loop(base: str, env: LedgerEnv, signer: Signer, stream: Stream) -> N
         with LedgerClient(base, log_key=env.log_vkey, timeout=REQUEST_TIMEOUT) as client:
             for _ in range(MAX_BATCHES):
                 batch = _make_batch(signer, PER_BATCH)
+                with stream.lock:
+                    stream.submitting += 1
                 try:
                     results = client.submit_batch(batch)
                 except httpx.TransportError as e:
@@ -188,6 +191,9 @@ def _client_loop(base: str, env: LedgerEnv, signer: Signer, stream: Stream) -> N
                         if not isinstance(e, httpx.ConnectError):
                             stream.in_flight_at_kill += 1
                     return
+                finally:
+                    with stream.lock:
+                        stream.submitting -= 1
                 assert all(isinstance(r, VerifiedReceipt) for r in results), results
                 with stream.lock:
                     stream.acknowledged.extend(
@@ -220,6 +226,11 @@ def test_sigkill_mid_stream_loses_no_acknowledged_record(
         assert not stream.errors, stream.errors
         time.sleep(0.005)
     assert stream.acknowledged_count() >= KILL_AFTER, "the stream was too slow to reach the kill"
+    # Kill while most clients are inside a request, not signing their next
+    # batch: with all four between requests no request would be cut off.
+    busy_deadline = time.monotonic() + 2.0
+    while stream.submitting < CLIENTS - 1 and time.monotonic() < busy_deadline:
+        time.sleep(0.0005)
     server.kill()  # SIGKILL, with client requests in flight
     for t in threads:
         t.join(STREAM_TIMEOUT)
