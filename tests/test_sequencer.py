@@ -9,6 +9,7 @@ nothing.
 from __future__ import annotations
 
 import dataclasses
+import random
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -610,7 +611,22 @@ def test_accepted_statements_are_exactly_the_records_added(
     shared_env: LedgerEnv, kinds: list[str], atomic: bool
 ) -> None:
     # the ledger is shared by the examples: every check below is relative to its size
-    env = shared_env
+    _check_batch(shared_env, kinds, atomic=atomic)
+
+
+@pytest.mark.parametrize("atomic", [False, True], ids=["each", "atomic"])
+def test_a_large_batch_is_decided_as_a_small_one(shared_env: LedgerEnv, atomic: bool) -> None:
+    """A batch large enough to be prechecked on threads, a slice each: every kind
+    of statement, spread over the slices, gets the outcome it gets alone."""
+    assert sequencer.PARALLEL_PRECHECK_MIN * 2 < 300
+    rng = random.Random(20261204)
+    _check_batch(shared_env, [rng.choice(KINDS) for _ in range(300)], atomic=atomic)
+    refused_under_lock = [rng.choice(("good", "unknown actor", "clock skew")) for _ in range(300)]
+    _check_batch(shared_env, refused_under_lock, atomic=atomic)
+    _check_batch(shared_env, ["good"] * 300, atomic=atomic)
+
+
+def _check_batch(env: LedgerEnv, kinds: list[str], *, atomic: bool) -> None:
     used_nonce = str(env.ledger.reader.record(0).fields["nonce"])
     batch: list[SignedStatement] = []
     expected: list[str] = []  # "new", "duplicate" or a rejection code
