@@ -580,18 +580,18 @@ EXPECTED = {
 }
 
 
-#: per ledger, a statement recorded before the examples' batches, to send again
-_RECORDED: dict[int, SignedStatement] = {}
+#: per ledger (by URL), a statement recorded before the batches, to send again
+_RECORDED: dict[str, SignedStatement] = {}
 
 
 def _make(env: LedgerEnv, kind: str, used_nonce: str) -> SignedStatement:
     registrar = env.registrar
     if kind == "resend of a recorded one":
-        if id(env) not in _RECORDED:
+        if env.url not in _RECORDED:
             signed = attest(registrar)
             assert isinstance(append_one(env, signed), Receipt)
-            _RECORDED[id(env)] = signed
-        return _RECORDED[id(env)]
+            _RECORDED[env.url] = signed
+        return _RECORDED[env.url]
     if kind == "unknown actor":
         return attest(Signer.generate("stranger"))
     if kind == "bad signature":
