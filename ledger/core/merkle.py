@@ -531,7 +531,7 @@ def inclusion_proofs(
             level += 1
             index >>= 1
         for node, sibling in reversed(climbed):
-            proof = (nodes[sibling] if sibling in nodes else _get(nodes, sibling), *proof)
+            proof = (_get(nodes, sibling), *proof)
             above[node] = proof
         proofs.append(proof)
     return proofs
