@@ -355,10 +355,10 @@ def worker(backend: str, batch: int, n: int, warmup: int, clients: int = 0) -> d
                 "cores": cores,
                 # all of the work is counted: SQLite runs in this process; a
                 # PostgreSQL server elsewhere is not seen
-                "complete": backend == "sqlite" or bool(_postgres_pids()),
+                "complete": sqlite or bool(pids),
                 "counted": "in-process"
-                if backend == "sqlite"
-                else ("with PostgreSQL" if _postgres_pids() else "PostgreSQL not seen"),
+                if sqlite
+                else ("with PostgreSQL" if pids else "PostgreSQL not seen"),
                 "ledger_us_per_record": ledger_cpu / n * 1e6,
                 "baseline_us_per_record": plain_cpu / n * 1e6,
                 "ledger_ceiling_ratio": (cores * n / ledger_cpu) / (n / plain_s),
