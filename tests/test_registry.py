@@ -269,7 +269,38 @@ def _a_pharmacy_registers(w: World) -> Submission:
                   role="prescriber", key=key.vkey, licence="MD-9")  # fmt: skip
 
 
+def _register(role: str, **extra: Any) -> Callable[[World], Submission]:
+    def make(w: World) -> Submission:
+        actor = w.new_id("P" if role == "patient" else "ph")
+        key = Signer.generate(actor)
+        licence = {"licence": "PH-9"} if role == "pharmacy" else {}
+        return change(w, w.env.registrar, "actor.register", actor=actor, role=role,
+                      key=key.vkey, **licence, **extra)  # fmt: skip
+
+    return make
+
+
+BAD_NAMES: list[tuple[str, Any]] = [
+    ("an object", {"a": 1}),
+    ("a list", ["x"]),
+    ("a number", 7),
+    ("true", True),
+    ("empty", ""),
+    ("201 characters", "n" * 201),
+    ("a line break", "Main St\nPharmacy"),
+    ("a NUL", "Main\x00St"),
+    ("a bidi override", "Main \u202eSt"),
+]
+
 BAD: list[tuple[str, Callable[[World], Submission], str]] = [
+    *[
+        (f"display name {what}", _register("pharmacy", display_name=name), "malformed-body")
+        for what, name in BAD_NAMES
+    ],
+    ("a patient with an empty name", _register("patient", display_name=""), "malformed-body"),
+    ("a patient with a false name", _register("patient", display_name=False), "malformed-body"),
+    ("a data user of class 0", _register("data_user", data_user_class=0), "malformed-body"),
+    ("a data user of class ''", _register("data_user", data_user_class=""), "malformed-body"),
     ("settlement key for a pharmacy", _settlement_key_for_a_pharmacy, "malformed-body"),
     ("settlement key signs a coverage enrolment", _settlement_key_enrolls, "wrong-key-purpose"),
     ("general key signs a settlement decision", _general_key_decides, "wrong-key-purpose"),
@@ -303,3 +334,12 @@ def test_every_permitted_type_has_its_rule() -> None:
     """decide() finds each type's rule by name: none is permitted without one."""
     ruled = rules.REGISTRY_TYPES | rules.PAYLOAD_TYPES | {"doc.attest"} | set(rules._DECIDERS)
     assert set(rules.PERMISSIONS) == ruled
+
+
+def test_a_display_name_is_stored_as_sent(shared: World) -> None:
+    make = _register("pharmacy", display_name="Apotheke Zürich — 北京 №1")
+    submission = make(shared)
+    accepted(shared.submit(submission))
+    actor = get_actor(ProjectedState(shared.engine), submission.signed.statement.body["actor"])
+    assert actor is not None
+    assert actor["display_name"] == "Apotheke Zürich — 北京 №1"

@@ -27,6 +27,7 @@ and when the actor's role may make that statement type.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from ledger.core.errors import KeyFormatError, RejectionError
@@ -41,6 +42,9 @@ PURPOSES = ("general", "settlement")
 LICENSED_ROLES = ("prescriber", "pharmacy")
 #: who a data user is, for consent classes and DUO's non-commercial modifiers
 DATA_USER_CLASSES = ("accredited-nonprofit", "nonprofit", "commercial")
+#: bidirectional embeddings, overrides and isolates: a name must not reorder
+#: the text shown around it
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 CONTROLLED_CLASSES = ("narcotic", "psychotropic-1", "psychotropic-2", "toxic", "radioactive")
 
 
@@ -173,13 +177,19 @@ def decide_register(state: State, statement: Statement, *, seq: int) -> list[Eff
         )
     if classes and role != "prescriber":
         raise f.malformed(f"{where}.controlled_classes", "only prescribers hold such licences")
-    if role == "patient" and body.get("display_name"):
+    if role == "patient" and "display_name" in body:
         raise f.malformed(
             f"{where}.display_name", "patients appear only by pseudonym: no name in a record"
         )
+    display_name = f.str_field(body, "display_name", where, optional=True, max_len=200)
+    if any(unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS for c in display_name):
+        raise f.malformed(
+            f"{where}.display_name", "no control characters (line breaks, NUL, bidi overrides)"
+        )
     user_class = body.get("data_user_class")
     if role == "data_user":
-        user_class = user_class or "commercial"  # fail closed: unknown means commercial
+        if user_class is None:
+            user_class = "commercial"  # fail closed: unknown means commercial
         if user_class not in DATA_USER_CLASSES:
             raise f.malformed(
                 f"{where}.data_user_class", f"expected one of {', '.join(DATA_USER_CLASSES)}"
@@ -204,7 +214,7 @@ def decide_register(state: State, statement: Statement, *, seq: int) -> list[Eff
     actor: Document = {
         "actor_id": actor_id,
         "role": role,
-        "display_name": str(body.get("display_name") or ""),
+        "display_name": display_name,
         "licence": licence,
         "controlled_classes": sorted(set(classes)),
         "data_user_class": user_class,
