@@ -10,12 +10,14 @@ module maps it. Nothing reaches the client as a traceback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ledger.core.errors import (
     ConflictError,
@@ -110,7 +112,9 @@ def problem_for(error: LedgerError) -> dict[str, Any]:
     return problem(error.code, str(error), status_for(error))
 
 
-def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+def problem_response(
+    body: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(body, status_code=body["status"], media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -132,7 +136,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-        return problem_response(problem(code, str(exc.detail), exc.status_code))
+        # keeps the exception's headers: a 405 says which methods are allowed
+        return problem_response(problem(code, str(exc.detail), exc.status_code), exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+        # the client went away while sending its body: nothing was read in
+        # full, nothing was done, and nobody is left to answer
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return problem_response(problem("client-disconnected", "the request body ended early", 400))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

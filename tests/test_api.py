@@ -9,9 +9,11 @@ snapshot that it changed nothing, and the reads do not depend on its size.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -854,6 +856,53 @@ def test_unknown_path_and_record_are_not_found(shared: Api) -> None:
     response = api.http.delete("/v1/statements")
     assert response.status_code == 405
     assert problem_of(response)["code"] == "method-not-allowed"
+    assert response.headers["allow"] == "POST"
+
+
+def test_a_client_gone_mid_body_is_not_an_internal_error(
+    shared: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connection closes after 13 of 1,000 declared bytes: the app answers
+    (to nobody) without the internal-error path, and nothing is written."""
+    before = snapshot(shared.env.ledger.engine)
+    messages = [
+        {"type": "http.request", "body": b'{"statements"', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/statements",
+        "raw_path": b"/v1/statements",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    with caplog.at_level(logging.INFO):
+        asyncio.run(shared.http.app(scope, receive, send))  # type: ignore[arg-type]
+
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 400
+    body = json.loads(
+        b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    )
+    assert body["code"] == "client-disconnected"
+    assert "unexpected error" not in caplog.text
+    assert "client disconnected" in caplog.text
+    assert snapshot(shared.env.ledger.engine) == before
 
 
 def test_healthz_reports_the_tree_size(shared: Api) -> None:
