@@ -9,6 +9,7 @@ import httpx
 from fastapi import FastAPI
 
 from api import errors
+from api.limits import BodyLimit
 from api.routes import flows, log, payloads, statements, tiles, wallet
 from api.settings import Settings
 from ledger.service import Ledger
@@ -67,6 +68,7 @@ def create_app(
     app.state.settings = settings
     app.state.witnessing = None
     errors.install(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.include_router(statements.router)
     app.include_router(log.router)
     app.include_router(flows.router)

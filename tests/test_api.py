@@ -495,6 +495,36 @@ def test_oversize_body_without_content_length_is_refused(shared: Api) -> None:
     assert snapshot(api.env.ledger.engine) == before
 
 
+@pytest.mark.parametrize("path", ["/v1/operator/pseudonyms", "/v1/uses/preview"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+def test_a_signed_route_refuses_an_oversize_body_before_reading_it_all(
+    shared: Api, path: str, chunked: bool
+) -> None:
+    """RXLEDGER_MAX_BODY_BYTES bounds every route: the request-signature check
+    does not read (and hash) a body of any size first. A bogus signature: the
+    body's size is refused before anyone is authenticated."""
+    api = make_api(shared.env, shared.patient, max_body_bytes=2048)
+    data = b"x" * 100_000
+
+    def body() -> Iterator[bytes]:
+        for i in range(0, len(data), 1000):
+            yield data[i : i + 1000]
+
+    header = (
+        f'RxLedger-Sig actor="registrar", key="{shared.env.registrar.vkey}", '
+        f'time="{format_time(datetime.now(UTC))}", signature="{"A" * 86}=="'
+    )
+    headers = {"Content-Type": "application/json", "Authorization": header}
+    if chunked:
+        response = api.http.post(path, content=body(), headers=headers)
+        assert "content-length" not in response.request.headers
+    else:
+        response = api.http.post(path, content=data, headers=headers)
+
+    assert response.status_code == 413, response.text
+    assert problem_of(response)["code"] == "too-large"
+
+
 # --- happy paths --------------------------------------------------------------
 
 
