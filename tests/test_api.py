@@ -935,6 +935,29 @@ def test_a_client_gone_mid_body_is_not_an_internal_error(
     assert snapshot(shared.env.ledger.engine) == before
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/records/1_0",
+        "/v1/records/+1",
+        "/v1/records/%201",
+        "/v1/records/1.0",
+        "/v1/records?start=1_0",
+        "/v1/records?limit=2.0",
+        "/v1/proofs/inclusion?leaf_index=%2B0&tree_size=1",
+        "/v1/proofs/inclusion?leaf_index=0.0&tree_size=1",
+        "/v1/proofs/inclusion?leaf_index=0&tree_size=1_0",
+        "/v1/proofs/consistency?first=-1&second=1",
+    ],
+)
+def test_an_integer_parameter_is_digits_alone(shared: Api, path: str) -> None:
+    """A typo must not name another record: ``1_0``, ``+1``, `` 1`` and ``1.0`` are refused."""
+    response = shared.http.get(path)
+    assert response.status_code == 400, response.text
+    assert problem_of(response)["code"] == "malformed"
+    assert shared.http.get("/v1/records/0").status_code == 200
+
+
 def test_healthz_reports_the_tree_size(shared: Api) -> None:
     response = shared.http.get("/healthz")
 

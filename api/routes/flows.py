@@ -17,6 +17,7 @@ from fastapi import APIRouter, Path, Query
 
 from api.auth import ActorDep
 from api.deps import LedgerDep
+from api.params import Digits
 from ledger import access
 from ledger.core.errors import NotFoundError
 from ledger.domain import settlement
@@ -25,8 +26,8 @@ from ledger.store.reader import ProjectionReader
 
 router = APIRouter()
 Id = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
-Limit = Annotated[int, Query(ge=1, le=500)]
-Before = Annotated[int | None, Query(ge=0, le=2**62)]
+Limit = Annotated[int, Digits, Query(ge=1, le=500)]
+Before = Annotated[int | None, Digits, Query(ge=0, le=2**62)]
 
 
 def _page(items: list[dict[str, Any]], limit: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse
 
 from api.deps import LedgerDep
+from api.params import Digits
 from ledger.core.errors import RangeError
 from ledger.core.record import Record
 from ledger.core.statement import format_time, now
@@ -16,7 +17,7 @@ from ledger.core.statement import format_time, now
 router = APIRouter()
 MAX_PAGE = 1000
 MAX_TYPES = 32
-NonNegative = Annotated[int, Query(ge=0, le=2**62)]
+NonNegative = Annotated[int, Digits, Query(ge=0, le=2**62)]
 
 
 def record_json(record: Record) -> dict[str, Any]:
@@ -44,7 +45,7 @@ def checkpoint(ledger: LedgerDep) -> PlainTextResponse:
 
 
 @router.get("/v1/records/{seq}")
-def record(ledger: LedgerDep, seq: Annotated[int, Path(ge=0, le=2**62)]) -> dict[str, Any]:
+def record(ledger: LedgerDep, seq: Annotated[int, Digits, Path(ge=0, le=2**62)]) -> dict[str, Any]:
     return record_json(ledger.reader.record(seq))
 
 
@@ -52,9 +53,9 @@ def record(ledger: LedgerDep, seq: Annotated[int, Path(ge=0, le=2**62)]) -> dict
 def records(
     ledger: LedgerDep,
     start: NonNegative = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    limit: Annotated[int, Digits, Query(ge=1, le=MAX_PAGE)] = 100,
     type: Annotated[list[str] | None, Query()] = None,
-    before: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    before: Annotated[int | None, Digits, Query(ge=0, le=2**62)] = None,
 ) -> dict[str, Any]:
     """Records in ``seq`` order from ``start``; optionally only of the given
     ``type`` (repeatable) and with ``seq < before``."""

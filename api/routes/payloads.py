@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.auth import ActorDep, require_patient
 from api.deps import LedgerDep
+from api.params import Digits
 from ledger.access import access_log_for, lookup_pseudonym, read_payload
 from ledger.core.canonical import parse_json
 from ledger.core.errors import EncodingError, RejectionError
@@ -27,7 +28,7 @@ MAX_LOOKUP_BYTES = 4096
 
 @router.get("/v1/payloads/{seq}")
 def payload(
-    ledger: LedgerDep, actor: ActorDep, seq: Annotated[int, Path(ge=0, le=2**62)]
+    ledger: LedgerDep, actor: ActorDep, seq: Annotated[int, Digits, Path(ge=0, le=2**62)]
 ) -> dict[str, Any]:
     """The payload of record ``seq``, for a reader with a basis: ``{seq, type,
     patient, basis, payload}``; 403 otherwise, 410 when it was shredded."""
@@ -39,8 +40,8 @@ def access_log(
     ledger: LedgerDep,
     actor: ActorDep,
     patient: Id,
-    after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    after_id: Annotated[int, Digits, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Digits, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
     """Who read my data, and who tried: AuditEvents oldest first, ``after_id`` on."""
     require_patient(actor, patient)

@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.auth import ActorDep, require_patient
 from api.deps import LedgerDep
+from api.params import Digits
 from ledger.core.canonical import parse_json
 from ledger.core.errors import EncodingError, RejectionError
 from ledger.domain import fields as f
@@ -88,8 +89,8 @@ def uses(
     ledger: LedgerDep,
     actor: ActorDep,
     patient: Id,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    before_seq: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    limit: Annotated[int, Digits, Query(ge=1, le=500)] = 100,
+    before_seq: Annotated[int | None, Digits, Query(ge=0, le=2**62)] = None,
 ) -> dict[str, Any]:
     """My data-use log, newest first."""
     require_patient(actor, patient)
